@@ -1,0 +1,99 @@
+"""Shared helpers: real files under tmp_path, real processes, deadlines, reaping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PYTHON = sys.executable
+
+
+def command(name: str) -> list[str]:
+    """How to run one of the three commands straight from the checkout."""
+    return [PYTHON, str(ROOT / f"{name}.py")]
+
+
+def stress_scale() -> int:
+    """1 in CI's short form; RUNMAKER_STRESS=long makes stress loops 10x longer."""
+    return 10 if os.environ.get("RUNMAKER_STRESS") == "long" else 1
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def states(path: Path) -> str:
+    """The state bytes of every job line, in file order."""
+    out = []
+    for line in path.read_bytes().split(b"\n"):
+        if len(line) >= 3 and line[1:2] in (b" ", b"\t") and line[:1] not in (b"#", b"/", b" ", b"\t"):
+            out.append(chr(line[0]))
+    return "".join(out)
+
+
+def write_jobs(path: Path, commands: list[str], state: str = ".") -> Path:
+    path.write_text("".join(f"{state} {c}\n" for c in commands))
+    return path
+
+
+class Procs:
+    """Starts real processes and reaps every one of them, whatever happens."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, *args: str, cwd: Path | None = None, **kw: object) -> subprocess.Popen[bytes]:
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen(command(name) + list(args), cwd=cwd, **kw)  # type: ignore[call-overload]
+        self.procs.append(proc)
+        return proc
+
+    def reap(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                proc.communicate(timeout=10)
+            except (subprocess.TimeoutExpired, ValueError):
+                pass
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    p = Procs()
+    try:
+        yield p
+    finally:
+        p.reap()
+
+
+def run(name: str, *args: str, cwd: Path | None = None, input: bytes | None = None,
+        timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run one command to its end and return its exit status and output."""
+    return subprocess.run(
+        command(name) + list(args), cwd=cwd, input=input, capture_output=True,
+        timeout=timeout, env=env, stdin=None if input is not None else subprocess.DEVNULL,
+    )
