@@ -25,7 +25,7 @@ import fcntl
 import operator
 import os
 import re
-import selectors
+import select
 import signal
 import socket
 import stat
@@ -246,6 +246,18 @@ def short_hostname() -> str:
     return socket.gethostname().split(".")[0] or "localhost"
 
 
+def _writable_by_others(fd: int) -> bool:
+    """True when users other than this one may write the open file.
+
+    World-writable, or group-writable for a group other than our own
+    primary group (with user-private groups that group is just us).
+    """
+    st = os.fstat(fd)
+    if st.st_mode & stat.S_IWOTH:
+        return True
+    return bool(st.st_mode & stat.S_IWGRP) and st.st_gid != os.getgid()
+
+
 def _open_job_file(path: str, writable: bool) -> int:
     """Open the job file, or raise one clear error naming it."""
     try:
@@ -354,17 +366,20 @@ class JobFile:
         ``whole`` the data is the whole file (for every state byte at once);
         otherwise just what is new.  Takes the shared append lock to read.
         """
+        resume = self._resume_offset()
         with _ReadingLock(self.fd):
             size = os.fstat(self.fd).st_size
-            start = 0 if whole else self._resume_offset()
+            start = 0 if whole else resume
             data = _pread_all(self.fd, max(size - start, 0), start) if size > start else b""
         if size < self.size:
             self.shrunk = True
             return data, start, len(self.offsets)
-        first_new = self._index_from(data, start) if size > self.size or self._tail else len(
-            self.offsets
-        )
-        return data, start, first_new
+        if size > self.size or self._tail:
+            # Index only what is new, even when the whole file was read:
+            # lines already indexed must not be indexed a second time.
+            new = data if start == resume else data[resume - start :]
+            return data, start, self._index_from(new, resume)
+        return data, start, len(self.offsets)
 
     def states_of(self, data: bytes, base: int = 0, first: int = 0) -> bytes:
         """The state bytes of jobs ``first..`` found in ``data`` (read at ``base``)."""
@@ -599,6 +614,7 @@ class Scheduler:
         self._release_later: list[Claim] = []
         self._committer = _Committer(jobfile.fd)
         self._last_refresh = 0.0
+        self._last_identity_check = 0.0
         self._last_rescan = 0.0
         self._rescan_cost = 0.0
         self._blocked_by: str | None = None
@@ -680,6 +696,11 @@ class Scheduler:
         return release
 
     def replaced(self) -> bool:
+        """True once the job file was replaced under us (looked at every 0.1 s)."""
+        now = time.monotonic()
+        if now - self._last_identity_check < _REFRESH_GAP:
+            return False
+        self._last_identity_check = now
         return self.jobfile.replaced()
 
     def describe_block(self) -> str:
@@ -1019,7 +1040,8 @@ class Worker:
         self._console_broken = False
         self._running: dict[int, _Running] = {}  # pid -> attempt
         self._free_slots = list(range(options.jobs))
-        self._selector = selectors.DefaultSelector()
+        self._poller = select.poll()
+        self._watched: dict[int, tuple[_Running, int]] = {}  # pipe fd -> (job, stream)
         self._signals: list[int] = []
         self._signals_seen = 0
         self._draining = False
@@ -1039,7 +1061,7 @@ class Worker:
     def run(self) -> int:
         """Run jobs until nothing is left (or a signal drains); return the exit status."""
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._selector.register(wake_r, selectors.EVENT_READ, None)
+        self._poller.register(wake_r, select.POLLIN)
         previous_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         previous = {
             sig: signal.signal(sig, self._on_signal)
@@ -1052,7 +1074,6 @@ class Worker:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             signal.set_wakeup_fd(previous_wakeup)
-            self._selector.close()
             os.close(wake_r)
             os.close(wake_w)
             self._flush_console()
@@ -1090,12 +1111,12 @@ class Worker:
                         self.notify("runmaker: " + self.source.describe_block())
                     return
             timeout = self._next_timeout(now, waiting=bool(self._free_slots) and self._may_claim())
-            for key, _ in self._selector.select(timeout):
-                if key.data is None:
+            for fd, _ in self._poller.poll(None if timeout is None else timeout * 1000):
+                if fd == wake_r:
                     _drain_wakeup(wake_r)
-                else:
-                    job, stream = key.data
-                    self._read_output(job, key.fd, stream)
+                elif fd in self._watched:  # not closed earlier in this round
+                    job, stream = self._watched[fd]
+                    self._read_output(job, fd, stream)
             self._flush_console()
 
     def _may_claim(self) -> bool:
@@ -1192,7 +1213,8 @@ class Worker:
         self._running[pid] = job
         for fd in (out_r, err_r):
             os.set_blocking(fd, False)
-            self._selector.register(fd, selectors.EVENT_READ, (job, job.streams[fd]))
+            self._poller.register(fd, select.POLLIN)
+            self._watched[fd] = (job, job.streams[fd])
         if not self.options.quiet:
             self._console_parts.append(b"status (" + pid_tag + b'): forked "' + quoted + b'"\n')
 
@@ -1301,7 +1323,8 @@ class Worker:
                 return
 
     def _close_stream(self, job: _Running, fd: int, stream: int) -> None:
-        self._selector.unregister(fd)
+        self._poller.unregister(fd)
+        del self._watched[fd]
         os.close(fd)
         del job.streams[fd]
         if job.partial[stream]:
@@ -1395,6 +1418,13 @@ def run_worker(
         check_file_locking(path)
         options.job_file = os.path.abspath(path)
         records = _Records(options, jobfile.identity)
+        for fd, name, what in (
+            (jobfile.fd, path, "its lines run as you"),
+            (records.log_fd, options.logfile, "it records what your jobs did"),
+            (records.joblog_fd, options.joblog, "it records what your jobs did"),
+        ):
+            if fd is not None and _writable_by_others(fd):
+                notify(f"Warning: {name}: other users can write this file, and {what}")
         try:
             scheduler = Scheduler(jobfile, retry=retry)
             try:
