@@ -675,6 +675,8 @@ class Scheduler:
         now = time.monotonic()
         if now - self._last_refresh >= _REFRESH_GAP:
             self._refresh()
+        if self.jobfile.max_running is not None:
+            self._adopt_slots()
         claims = self._claim_from_queues(count)
         fresh = False
         due = now - self._last_rescan >= self._rescan_gap()
@@ -855,6 +857,21 @@ class Scheduler:
                 self.held_slots.add(slot)
                 return slot
         return None
+
+    def _adopt_slots(self) -> None:
+        """Give each job started before the cap appeared a free slot.
+
+        A job started without a cap holds no slot, so a cap set later would
+        not count it and new jobs would start beside it.  Taking free slots
+        for such jobs as soon as the cap is seen makes them count; any that
+        find none left run on uncounted, since a cap stops no running job.
+        """
+        for claim in self.held.values():
+            if claim.slot is None:
+                slot = self._take_slot()
+                if slot is None:
+                    return
+                claim.slot = slot
 
     def _slots_above_cap_held(self, cap: int) -> bool:
         """True while a job started under an earlier, higher cap still runs.
@@ -1168,6 +1185,7 @@ class Worker:
         self._signalled = False
         self._replaced = False
         self._succeeded = False
+        self._next_look = 0.0
         self._failures = 0
         host = options.host
         self._host = host.encode()
@@ -1222,6 +1240,12 @@ class Worker:
                     )
                 else:
                     claims = self.source.claim_jobs(free, idle=not self._running)
+                self._next_look = now + _POLL
+            elif self._may_claim() and now >= self._next_look:
+                # Busy with -j jobs: still read new lines now and then, so a
+                # cap appended meanwhile counts our running jobs at once.
+                self.source.claim_jobs(0)
+                self._next_look = now + _POLL
             self.source.commit()
             for claim in claims:
                 self._start(claim, 1, self._free_slots.pop(0))
@@ -1233,7 +1257,7 @@ class Worker:
                     if self.source.idle_reason == "blocked":
                         self.notify("runmaker: " + self.source.describe_block())
                     return
-            timeout = self._next_timeout(now, waiting=bool(self._free_slots) and self._may_claim())
+            timeout = self._next_timeout(now, waiting=self._may_claim())
             for fd, _ in self._poller.poll(None if timeout is None else timeout * 1000):
                 if fd == wake_r:
                     _drain_wakeup(wake_r)
