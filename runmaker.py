@@ -667,20 +667,25 @@ class Scheduler:
     def claim_jobs(self, count: int, *, idle: bool = False) -> list[Claim]:
         """Claim up to ``count`` jobs: lock, reread, write ``r`` (no fsync yet).
 
+        Appended lines are read every 0.1 s; the whole file (for states
+        changed in place, such as ``runset --set``) is reread when half a
+        second has passed (more for a huge file: at most ~5% of the time).
         ``idle`` says the caller runs nothing: then a rescan after our own
         last claim or finish is worth its cost before saying there is nothing
-        left; otherwise the whole file is reread at most every few tenths of
-        a second (more seldom for a huge file).  Sets ``idle_reason``.
+        left.  ``count`` 0 just keeps the directives current.  Sets
+        ``idle_reason``.
         """
         now = time.monotonic()
-        if now - self._last_refresh >= _REFRESH_GAP:
+        fresh = False
+        if count and now - self._last_rescan >= self._rescan_gap():
+            self.rescan()
+            fresh = True
+        elif now - self._last_refresh >= _REFRESH_GAP:
             self._refresh()
         if self.jobfile.max_running is not None:
             self._adopt_slots()
         claims = self._claim_from_queues(count)
-        fresh = False
-        due = now - self._last_rescan >= self._rescan_gap()
-        if len(claims) < count and (due or (idle and self._acted_since_rescan)):
+        if len(claims) < count and not fresh and idle and self._acted_since_rescan:
             self.rescan()
             fresh = True
             claims += self._claim_from_queues(count - len(claims))
