@@ -2985,6 +2985,8 @@ class _RemoteSource:
     def claim_jobs(self, count: int, *, idle: bool = False) -> list[Claim]:
         """Ask the server for up to ``count`` jobs and wait for its answer."""
         self._serve()
+        if count <= 0:
+            return []  # a worker's look for new lines: the server's business here
         if self.gone or self.ended or self._stop:
             self.idle_reason = ("blocked" if self._block else "done") if self.ended else "waiting"
             return []

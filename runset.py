@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""runset: list, select and change the jobs of a runmaker job file.
+
+Safe while workers run on it, on this host or others: state bytes change
+under their job locks, new jobs and directives are appended whole, and the
+file is never rewritten (as a text editor would).  A thin command over
+``runmaker.list_jobs``, ``runmaker.set_job_states`` and
+``runmaker.append_jobs``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+import runmaker
+
+__all__ = ["main"]
+
+
+class _MaxRunning(click.ParamType):
+    """A whole number of jobs, or ``none`` to lift the cap."""
+
+    name = "N|none"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
+        if value == "none" or isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
+        self.fail(f"{value!r} is neither a whole number nor 'none'", param, ctx)
+
+
+def _commands(adds: tuple[str, ...]) -> list[bytes]:
+    """The commands of the --add options; ``-`` reads stdin, one per line.
+
+    Bytes from stdin stay bytes (commands are never decoded to run them);
+    blank lines are skipped.
+    """
+    commands: list[bytes] = []
+    for add in adds:
+        if add == "-":
+            commands.extend(line for line in sys.stdin.buffer.read().split(b"\n") if line.strip())
+        else:
+            commands.append(os.fsencode(add))
+    return commands
+
+
+def _check_combination(
+    selection: runmaker.JobSelection, *, appending: bool, setting: bool, showing: list[str], high: bool, adding: bool
+) -> None:
+    """Refuse mixed kinds of work with a usage error (exit 2).
+
+    Appending (--add, --max-running, --barrier) takes no selection and no
+    other action; --set lists nothing; --high needs --add.
+    """
+    if high and not adding:
+        raise click.UsageError("--high goes with --add (it makes the new jobs '+')")
+    if appending and (setting or showing or not selection.is_empty()):
+        raise click.UsageError(
+            "--add, --max-running and --barrier only append: they take no JOB, "
+            "--all, --state, --grep, --set or listing option"
+        )
+    if setting and showing:
+        raise click.UsageError(f"--set does not list (drop {showing[0]}); run runset again to see the result")
+    if "--list" in showing and "--summary" in showing:
+        raise click.UsageError("choose one of --list and --summary")
+
+
+def _warn(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command(
+    cls=runmaker.OneLineErrorCommand,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("jobs", nargs=-1, metavar="[JOB]...")
+@click.option("-a", "--all", "all_jobs", is_flag=True, help="Select every job.")
+@click.option("--state", metavar="CHARS", help="Select jobs in any of these states, e.g. '!e'.")
+@click.option("--grep", metavar="REGEX", help="Select jobs whose command matches REGEX (Python re.search).")
+@click.option("-l", "--list", "list_jobs", is_flag=True, help="List the selected jobs: LINE: S - COMMAND (the default).")
+@click.option("--json", "as_json", is_flag=True, help="List as JSON lines (with --summary: one JSON object).")
+@click.option("--summary", is_flag=True, help="Count the selected jobs per state instead of listing them.")
+@click.option("-s", "--set", "set_state", metavar="STATE",
+              help="Set the selected jobs to STATE (one of . + d ! e -); running jobs are refused.")
+@click.option("--add", multiple=True, metavar="COMMAND",
+              help="Append a job running COMMAND (repeatable); '-' reads commands from stdin, one a line.")
+@click.option("--high", is_flag=True, help="With --add: the new jobs are '+', run before every '.' job.")
+@click.option("--max-running", type=_MaxRunning(),
+              help="Append '#runmaker max-running N': at most N jobs at once (0 pauses, 'none' lifts it).")
+@click.option("--barrier", is_flag=True,
+              help="Append '#runmaker barrier': jobs below start once all above are d or -.")
+def main(
+    file: str, jobs: tuple[str, ...], all_jobs: bool, state: str | None, grep: str | None,
+    list_jobs: bool, as_json: bool, summary: bool, set_state: str | None,
+    add: tuple[str, ...], high: bool, max_running: int | str | None, barrier: bool,
+) -> None:
+    """List, select and change the jobs of the job FILE while workers run.
+
+    JOB is a line number or a range A-B; selections combine with AND, and
+    with none at all every job is listed.  Exit status: 0 done, 1 a running
+    job refused --set, 2 usage or input error.
+
+    \b
+    Examples:
+        runset runs.txt                          list every job
+        runset --state '!e' --set . runs.txt     rerun failed jobs
+        runset --all --set=. runs.txt            rerun everything
+        runset --add - runs.txt < more.txt       append jobs from a file
+        runset --max-running 0 runs.txt          pause (none: go on)
+    """
+    selection = runmaker.JobSelection(jobs=jobs, all_jobs=all_jobs, states=state, grep=grep)
+    appending = bool(add) or max_running is not None or barrier
+    showing = [name for name, on in (("--list", list_jobs), ("--json", as_json), ("--summary", summary)) if on]
+    _check_combination(selection, appending=appending, setting=set_state is not None,
+                       showing=showing, high=high, adding=bool(add))
+    if appending:
+        runmaker.append_jobs(file, _commands(add), high=high, max_running=max_running, barrier=barrier)
+    elif set_state is not None:
+        refused = runmaker.set_job_states(file, selection, set_state, warn=_warn)
+        for line in refused:
+            click.echo(f"runset: {file}:{line}: running (a worker holds its lock); not changed", err=True)
+        sys.exit(1 if refused else 0)
+    else:
+        for text in runmaker.list_jobs(file, selection, as_json=as_json, summary=summary, warn=_warn):
+            click.echo(text, nl=False)
+
+
+if __name__ == "__main__":
+    main()
