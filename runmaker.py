@@ -1401,6 +1401,8 @@ class Worker:
         )
         if not self.options.quiet:
             self._console_parts.append(status + b"\n")
+        else:  # -q hides status lines, but not a job that never ran
+            self.notify(status.decode("utf-8", "replace"))
         self._record(
             claim, None, status, time.time(), 0.0, outcome
         )
@@ -1602,6 +1604,8 @@ _SUMMARY_ORDER = b"+.rd!e-"
 _UNKNOWN_STATE = re.compile(rb"[^.+rd!e\-]")
 _LIST_CHUNK = 1 << 16  # jobs formatted per piece of runset's output
 _SET_BATCH = 1024  # job locks --set holds at once, so one fsync covers many bytes
+_SET_TRIES = 5  # a lock held through all of them (~0.1 s) is a running job's
+_SET_RETRY_PAUSE = 0.025
 _PROGRESS_CELLS = 16
 
 
@@ -1699,8 +1703,10 @@ def set_job_states(
     """Set the state byte of every selected job to ``state``; return the lines refused.
 
     Each byte changes under its job lock, taken without waiting.  A job whose
-    lock another process holds is live (running, or being claimed or
-    finished at this moment): it is left as it is and its line returned.
+    lock another process still holds after a few tries over ~0.1 s is live
+    (running): it is left as it is and its line returned.  The tries let a
+    worker's or runwait's brief look at a pending job pass; a running job's
+    lock is held for the whole job.
     Under the lock the byte is reread and written only if it differs; the
     bytes written are fsynced before their locks go, since another host
     reads a byte as soon as it wins its lock.  A lost job (``r`` that no
@@ -1722,34 +1728,46 @@ def set_job_states(
         _, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
         fd, offsets = jobfile.fd, jobfile.offsets
         byte = bytes((target,))
-        refused: list[int] = []
-        held: list[int] = []
-        written = False
-        try:
-            for index in chosen:
-                if states[index] == target:
-                    continue
-                offset = offsets[index]
-                if not _lock_byte(fd, offset, exclusive=True, wait=False):
-                    refused.append(jobfile.lines[index])
-                    continue
-                held.append(offset)
-                current = os.pread(fd, 1, offset)
-                # A job chosen by --state may have moved on since the file was
-                # read (a failed job rerun by `runmaker -r` and now done):
-                # then it is no longer selected.
-                selected = wanted is None or (current and current[0] in wanted)
-                if selected and current and current != byte:
-                    os.pwrite(fd, byte, offset)
-                    written = True
-                if len(held) >= _SET_BATCH:
-                    _release_written_jobs(fd, held, written)
-                    written = False
-        finally:
-            _release_written_jobs(fd, held, written)
-        return refused
+        busy = [index for index in chosen if states[index] != target]
+        for attempt in range(_SET_TRIES):
+            if attempt:
+                time.sleep(_SET_RETRY_PAUSE)
+            busy = _set_unlocked_jobs(fd, offsets, busy, byte, wanted)
+            if not busy:
+                break
+        return [jobfile.lines[index] for index in busy]
     finally:
         jobfile.close()
+
+
+def _set_unlocked_jobs(
+    fd: int, offsets: array.array[int], chosen: list[int], byte: bytes, wanted: bytes | None
+) -> list[int]:
+    """Write ``byte`` to each chosen job whose lock is free; return the others."""
+    busy: list[int] = []
+    held: list[int] = []
+    written = False
+    try:
+        for index in chosen:
+            offset = offsets[index]
+            if not _lock_byte(fd, offset, exclusive=True, wait=False):
+                busy.append(index)
+                continue
+            held.append(offset)
+            current = os.pread(fd, 1, offset)
+            # A job chosen by --state may have moved on since the file was
+            # read (a failed job rerun by `runmaker -r` and now done): then
+            # it is no longer selected.
+            selected = wanted is None or (current and current[0] in wanted)
+            if selected and current and current != byte:
+                os.pwrite(fd, byte, offset)
+                written = True
+            if len(held) >= _SET_BATCH:
+                _release_written_jobs(fd, held, written)
+                written = False
+    finally:
+        _release_written_jobs(fd, held, written)
+    return busy
 
 
 def append_jobs(
