@@ -106,6 +106,7 @@ _NORMAL_QUEUE_RETRY = re.compile(rb"[.!e]")
 _MAX_WARNINGS = 20  # mistaken lines named one by one, then one summary line
 _MAX_LINE = 1 << 20  # a longer output line is cut into pieces of this size
 _READ_CHUNK = 1 << 16
+_INDEX_CHUNK = 1 << 20  # bytes of the job file split into lines at once
 _REFRESH_GAP = 0.1  # seconds between looks for appended lines while busy
 _POLL = 0.5  # seconds between looks while waiting for a cap, barrier or work
 _KILL_GRACE = 5.0  # seconds from SIGTERM to SIGKILL
@@ -452,38 +453,54 @@ class JobFile:
             self.line_count, self.max_running = lines, max_running
             self._tail = None
         first_new = len(self.offsets)
-        pieces = data.split(b"\n")
-        last = pieces.pop()  # b"" when data ends with a newline
-        offsets, ends, lines = self.offsets, self.ends, self.lines
-        pos, line = base, self.line_count
-        for raw in pieces:
-            line += 1
-            if len(raw) >= 3 and raw[1] in _SEPARATORS and raw[0] not in _NOT_STATE:
-                end = len(raw.rstrip()) if raw[-1] in _TRAILING_SPACE else len(raw)
-                if end > 2:
-                    offsets.append(pos)
-                    ends.append(pos + end)
-                    lines.append(line)
-                    pos += len(raw) + 1
-                    continue
-            self._index_other(raw, line)
-            pos += len(raw) + 1
-        self.line_count = line
+        # Split a large read a piece at a time: a list of every line of a
+        # file of a million jobs would cost more than the whole index.
+        start, pos = 0, base
+        end = data.rfind(b"\n") + 1  # complete lines end here
+        while start < end:
+            cut = data.find(b"\n", start + _INDEX_CHUNK) + 1 if end - start > _INDEX_CHUNK else end
+            pos = self._index_lines(data[start:cut], pos)
+            start = cut
+        last = data[end:]
         if last:
-            self._tail = (pos, len(offsets), len(self.barriers), line, self.max_running)
+            self._tail = (pos, len(self.offsets), len(self.barriers), self.line_count, self.max_running)
             self.line_count += 1
             if len(last) >= 3 and last[1] in _SEPARATORS and last[0] not in _NOT_STATE:
-                end = len(last.rstrip())
-                if end > 2:
-                    offsets.append(pos)
-                    ends.append(pos + end)
-                    lines.append(self.line_count)
+                size = len(last.rstrip())
+                if size > 2:
+                    self.offsets.append(pos)
+                    self.ends.append(pos + size)
+                    self.lines.append(self.line_count)
                 else:
                     self._index_other(last, self.line_count)
             else:
                 self._index_other(last, self.line_count)
         self.size = pos + len(last)
         return first_new
+
+    def _index_lines(self, chunk: bytes, pos: int) -> int:
+        """Index the complete lines of ``chunk`` (read at ``pos``); return its end."""
+        pieces = chunk.split(b"\n")
+        pieces.pop()  # the empty piece after the last newline
+        # The hot loop of a large file: names bound locally, one len() a line.
+        add_offset, add_end, add_line = self.offsets.append, self.ends.append, self.lines.append
+        separators, not_state, trailing = _SEPARATORS, _NOT_STATE, _TRAILING_SPACE
+        line = self.line_count
+        for raw in pieces:
+            line += 1
+            size = len(raw)
+            if size >= 3 and raw[1] in separators and raw[0] not in not_state:
+                end = len(raw.rstrip()) if raw[-1] in trailing else size
+                if end > 2:
+                    add_offset(pos)
+                    add_end(pos + end)
+                    add_line(line)
+                    pos += size + 1
+                    continue
+            self._index_other(raw, line)
+            pos += size + 1
+        self.line_count = line
+        return pos
 
     def _index_other(self, raw: bytes, line: int) -> None:
         if not raw or raw.isspace():
@@ -2232,6 +2249,8 @@ _CLIENT_SILENCE = 15.0  # a client gives up a server silent this long
 # The server gives up a silent client only once it has surely stopped its
 # jobs: after its own deadline and the grace of the kill.
 _SERVER_SILENCE = _CLIENT_SILENCE + _KILL_GRACE + 5.0
+# A client whose connection the server closed learns it at the latest from
+# its next heartbeat, then stops its jobs within the grace of the kill.
 _LOST_RELEASE = _HEARTBEAT + _KILL_GRACE + 2.0
 _GOODBYE = 2.0  # seconds spent delivering last words before hanging up
 _GIVE_UP = 60.0  # a client stops trying to reach its server after this long
@@ -2245,6 +2264,12 @@ class _PeerError(Exception):
 
 class _ConnectionGone(_PeerError):
     """The connection itself ended: closed, reset or timed out."""
+
+
+class _ServerGone(click.ClickException):
+    """A client found no server for longer than it waits: one ``Error:`` line, exit status 1."""
+
+    exit_code = 1
 
 
 class _Interrupted(Exception):
@@ -2272,16 +2297,20 @@ def _peer_name(address: tuple[object, ...]) -> str:
 
 
 def _is_hex(value: object, size: int) -> bool:
-    return isinstance(value, str) and len(value) == 2 * size and re.fullmatch(r"[0-9a-f]*", value) is not None
+    if not isinstance(value, str) or len(value) != 2 * size:
+        return False
+    return re.fullmatch(r"[0-9a-f]*", value) is not None
 
 
 def _proof(token: bytes, side: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
     """What ``side`` sends to show it knows the token (nonces have a fixed size)."""
-    return hmac.new(token, b"runmaker " + side + b" proof\0" + server_nonce + client_nonce, hashlib.sha256).digest()
+    message = b"runmaker " + side + b" proof\0" + server_nonce + client_nonce
+    return hmac.new(token, message, hashlib.sha256).digest()
 
 
 def _session_key(token: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
-    return hmac.new(token, b"runmaker session\0" + server_nonce + client_nonce, hashlib.sha256).digest()
+    message = b"runmaker session\0" + server_nonce + client_nonce
+    return hmac.new(token, message, hashlib.sha256).digest()
 
 
 def _tune(sock: socket.socket) -> None:
@@ -2362,8 +2391,6 @@ class _Channel:
             self.last_received = time.monotonic()
             if self.sock.gettimeout() != 0.0:
                 return  # a blocking socket (the client's handshake): one read
-            if len(self._in) > self._limit and b"\n" not in chunk:
-                raise _PeerError(f"sent a line longer than {self._limit} bytes")
 
     def next_message(self) -> dict[str, object] | None:
         """The next whole message received, or None; raises _PeerError for a bad one."""
@@ -2405,8 +2432,8 @@ class _Channel:
             pass
 
     def discard_input(self) -> bool:
-        """Read and drop whatever arrives; True once the peer has hung up."""
-        while True:
+        """Read and drop what has arrived (up to a budget); True once the peer has hung up."""
+        for _ in range(_RECEIVE_BUDGET // _READ_CHUNK):
             try:
                 if not self.sock.recv(_READ_CHUNK):
                     return True
@@ -2414,6 +2441,7 @@ class _Channel:
                 return False
             except OSError:
                 return True
+        return False
 
     def close(self) -> None:
         self.sock.close()
@@ -2448,7 +2476,8 @@ def _make_token_file() -> tuple[str, str]:
     token = secrets.token_hex(_TOKEN_BYTES)
     path = os.path.expanduser(_TOKEN_FILE)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
         try:
             os.fchmod(fd, 0o600)  # an older file may have been readable by others
             _write_all(fd, token.encode() + b"\n")
@@ -2494,7 +2523,9 @@ def _listen(bind: str | None, port: int) -> socket.socket:
         if bind is None:
             if socket.has_dualstack_ipv6():
                 try:
-                    sock = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
+                    sock = socket.create_server(
+                        ("::", port), family=socket.AF_INET6, dualstack_ipv6=True
+                    )
                 except OSError as exc:
                     if exc.errno == errno.EADDRINUSE:
                         raise
@@ -2507,7 +2538,8 @@ def _listen(bind: str | None, port: int) -> socket.socket:
             )[0]
             sock = socket.create_server(address, family=family)
     except OSError as exc:
-        raise RunmakerError(f"cannot listen on {bind or 'every interface'}, port {port}: {_reason(exc)}") from None
+        where = bind or "every interface"
+        raise RunmakerError(f"cannot listen on {where}, port {port}: {_reason(exc)}") from None
     sock.setblocking(False)
     return sock
 
@@ -2643,7 +2675,7 @@ class _Server:
     # -- time --------------------------------------------------------------
 
     def _keep_time(self, now: float) -> float:
-        """Drop late and silent peers, ping quiet ones, release lost jobs; return the next moment."""
+        """Drop late and silent peers, ping quiet ones, release lost jobs; return when next."""
         wake_at = now + _POLL
         for peer in list(self._peers.values()):
             channel = peer.channel
@@ -2661,7 +2693,9 @@ class _Server:
             else:
                 if now - channel.last_sent >= _HEARTBEAT:
                     self._send(peer, {"t": "ping"})
-                wake_at = min(wake_at, channel.last_sent + _HEARTBEAT, channel.last_received + _SERVER_SILENCE)
+                wake_at = min(
+                    wake_at, channel.last_sent + _HEARTBEAT, channel.last_received + _SERVER_SILENCE
+                )
         if self._lost:
             due = [claims for moment, claims in self._lost if moment <= now]
             self._lost = [(moment, claims) for moment, claims in self._lost if moment > now]
@@ -2808,7 +2842,8 @@ class _Server:
             return
         delay = 0.0 if silent else _LOST_RELEASE
         self._lost.append((time.monotonic() + delay, claims))
-        lines = ", ".join(str(claim.line) for claim in claims[:10]) + (", ..." if len(claims) > 10 else "")
+        lines = ", ".join(str(claim.line) for claim in claims[:10])
+        lines += ", ..." if len(claims) > 10 else ""
         when = f" in {delay:g} s, once it has surely stopped them" if delay else ""
         self._notify(
             f"runmaker: {peer.label}: dropped ({why}); its {len(claims)} running "
@@ -2924,7 +2959,7 @@ class _Server:
                 room -= len(encoded) + 32
             if len(claims) < want:
                 reason = scheduler.idle_reason
-                if reason in ("done", "blocked") and not scheduler.held and not self._options.follow:
+                if reason in ("done", "blocked") and not (scheduler.held or self._options.follow):
                     self._nothing_left = reason
                     if reason == "blocked":
                         self._block = scheduler.describe_block()
@@ -2941,7 +2976,8 @@ class _Server:
         why = "signalled" if self._signals_seen else (
             "the job file was replaced" if self._replaced else "nothing left to run"
         )
-        self._notify(f"runmaker: {why}; telling {len(clients)} {'client' if len(clients) == 1 else 'clients'} to end")
+        whom = "1 client" if len(clients) == 1 else f"{len(clients)} clients"
+        self._notify(f"runmaker: {why}; telling {whom} to end")
         for peer in list(self._peers.values()):
             if peer in clients:
                 self._send(peer, {"t": "end", "block": self._block or None})
@@ -3054,7 +3090,8 @@ class _RemoteSource:
             return 0.0  # the worker is to act on broken() at once
         if self._done or self.channel.sending:
             return 0.0 if self._done else 0.05
-        moment = min(self.channel.last_sent + _HEARTBEAT, self.channel.last_received + _CLIENT_SILENCE)
+        channel = self.channel
+        moment = min(channel.last_sent + _HEARTBEAT, channel.last_received + _CLIENT_SILENCE)
         return max(0.0, moment - now)
 
     def broken(self) -> str | None:
@@ -3188,7 +3225,9 @@ class _RemoteSource:
         self._done.clear()
 
 
-def _connect_to_server(host: str, port: int, token: str, options: WorkerOptions) -> tuple[_Channel, dict[str, object]]:
+def _connect_to_server(
+    host: str, port: int, token: str, options: WorkerOptions
+) -> tuple[_Channel, dict[str, object]]:
     """Connect and authenticate both ways; return the channel and the server's welcome.
 
     Raises OSError or _ConnectionGone when worth trying again later, and
@@ -3196,6 +3235,7 @@ def _connect_to_server(host: str, port: int, token: str, options: WorkerOptions)
     """
     name = _peer_name((host, port))
     sock = socket.create_connection((host, port), timeout=_AUTH_DEADLINE)
+    authenticated = False
     try:
         _tune(sock)
         channel = _Channel(sock, name)
@@ -3205,7 +3245,8 @@ def _connect_to_server(host: str, port: int, token: str, options: WorkerOptions)
             nonce = hello.get("nonce")
             if hello.get("runmaker") != _PROTOCOL or not _is_hex(nonce, _NONCE_BYTES):
                 raise _PeerError("sent a greeting of another protocol or version")
-            server_nonce, client_nonce = bytes.fromhex(str(nonce)), secrets.token_bytes(_NONCE_BYTES)
+            server_nonce = bytes.fromhex(str(nonce))
+            client_nonce = secrets.token_bytes(_NONCE_BYTES)
             secret = token.encode()
             channel.send({
                 "nonce": client_nonce.hex(),
@@ -3220,20 +3261,25 @@ def _connect_to_server(host: str, port: int, token: str, options: WorkerOptions)
         except _PeerError as exc:
             raise RunmakerError(f"{name}: not a runmaker server: it {exc}") from None
         if "denied" in welcome:
-            raise RunmakerError(f"{name}: the server refused the token; give the one it printed (or its token file)")
+            raise RunmakerError(
+                f"{name}: the server refused the token; give the one it printed (or its token file)"
+            )
         proof = welcome.get("proof")
         if not _is_hex(proof, hashlib.sha256().digest_size) or not hmac.compare_digest(
             bytes.fromhex(str(proof)), _proof(secret, b"server", server_nonce, client_nonce)
         ):
-            raise RunmakerError(f"{name}: the server could not prove it knows the token; running nothing from it")
+            raise RunmakerError(
+                f"{name}: the server could not prove it knows the token; running nothing from it"
+            )
         if not isinstance(welcome.get("file"), str):
             raise RunmakerError(f"{name}: not a runmaker server: it sent a malformed welcome")
         channel.secure(_session_key(secret, server_nonce, client_nonce), server=False)
         sock.setblocking(False)
+        authenticated = True
         return channel, welcome
-    except BaseException:
-        sock.close()
-        raise
+    finally:
+        if not authenticated:
+            sock.close()
 
 
 def _receive_one(channel: _Channel, deadline: float) -> dict[str, object]:
@@ -3267,7 +3313,9 @@ class _TcpClient:
         first = True
         while True:
             try:
-                channel, welcome = _connect_to_server(self.host, self.port, self.token, self.options)
+                channel, welcome = _connect_to_server(
+                    self.host, self.port, self.token, self.options
+                )
             except socket.gaierror as exc:
                 if first:
                     raise RunmakerError(f"{self.name}: {_reason(exc)}") from None
@@ -3294,8 +3342,9 @@ class _TcpClient:
             if unreachable_since is None:
                 unreachable_since = now
             elif now - unreachable_since >= _GIVE_UP:
-                raise click.ClickException(
-                    f"{self.name}: no runmaker server to be reached for {_GIVE_UP:g} s ({why}); giving up"
+                raise _ServerGone(
+                    f"{self.name}: no runmaker server to be reached for {_GIVE_UP:g} s "
+                    f"({why}); giving up"
                 )
             self.notify(f"runmaker: {self.name}: {why}; trying again in {delay:g} s")
             time.sleep(delay)
@@ -3354,12 +3403,15 @@ class _TcpCommand:
                              "timeout", "retries", "quiet"}
             if wrong:
                 raise click.UsageError(
-                    f"{_flags(wrong)}: --serve runs no jobs itself; give these to its clients (--connect)"
+                    f"{_flags(wrong)}: --serve runs no jobs itself; "
+                    "give these to its clients (--connect)"
                 )
         elif tcp.connect:
             wrong = given & {"retry", "follow", "bind"}
             if wrong:
-                raise click.UsageError(f"{_flags(wrong)}: an option of the server (--serve), not of a client")
+                raise click.UsageError(
+                    f"{_flags(wrong)}: an option of the server (--serve), not of a client"
+                )
         else:
             wrong = given & {"bind", "port", "token"}
             if wrong:
@@ -3411,8 +3463,11 @@ def serve_job_file(
     try:
         check_file_locking(path)
         if _writable_by_others(jobfile.fd):
-            notify(f"Warning: {path}: other users can write this file, and its lines run on your clients")
-        token, origin = _read_token(options.token) if options.token is not None else _make_token_file()
+            notify(f"Warning: {path}: other users can write this file, and its lines run on clients")
+        if options.token is not None:
+            token, origin = _read_token(options.token)
+        else:
+            token, origin = _make_token_file()
         listener = _listen(options.bind, options.port)
         try:
             scheduler = Scheduler(jobfile, retry=options.retry)
@@ -3451,7 +3506,7 @@ def run_tcp_client(
     off, and gives up after a minute without a server.
 
     Raises RunmakerError for a bad address, a wrong token or a peer that is
-    no runmaker server; click.ClickException (status 1) on giving up.
+    no runmaker server; a click.ClickException of exit status 1 on giving up.
     """
     host, port = _split_address(address, port)
     records = _Records(options, None)

@@ -344,3 +344,37 @@ def test_the_real_mountinfo_accepts_the_test_directory(tmp_path):
     path = tmp_path / "runs.txt"
     path.write_bytes(b". true\n")
     check_file_locking(str(path))  # tmp_path is no nolock NFS mount here
+
+
+@pytest.mark.timeout(60)
+def test_a_file_larger_than_one_indexing_piece_is_indexed_like_a_small_one(tmp_path):
+    """Lines straddling the 1 MiB pieces the indexer splits at keep their numbers."""
+    import random
+
+    rng = random.Random(7)
+    lines = []
+    for i in range(60000):
+        kind = rng.random()
+        if kind < 0.8:
+            lines.append(f"{rng.choice('.+d!e-')} echo {i} {'x' * rng.randrange(0, 60)}".encode())
+        elif kind < 0.9:
+            lines.append(b"# comment " + b"y" * rng.randrange(0, 80))
+        else:
+            lines.append(b"")
+    data = b"\n".join(lines) + b"\n. last job without newline"
+    assert len(data) > 2 * (1 << 20)
+    path = tmp_path / "runs.txt"
+    path.write_bytes(data)
+    jobfile = JobFile(str(path))
+    try:
+        jobfile.read(whole=True)
+        expected = [n for n, line in enumerate(data.split(b"\n"), 1)
+                    if len(line) >= 3 and line[1:2] == b" " and line[:1] not in (b"#",)]
+        assert list(jobfile.lines) == expected
+        offsets = [0]
+        for line in data.split(b"\n")[:-1]:
+            offsets.append(offsets[-1] + len(line) + 1)
+        assert list(jobfile.offsets) == [offsets[n - 1] for n in expected]
+        assert jobfile.command(len(expected) - 1) == b"last job without newline"
+    finally:
+        jobfile.close()
