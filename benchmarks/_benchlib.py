@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import py_compile
 import shutil
 import statistics
 import subprocess
@@ -158,9 +159,24 @@ def _read_hwm(status_path: str) -> float | None:
     return None
 
 
+# runmaker as `pip install .` runs it: the console script imports the
+# module, compiled once (pip compiles at install time).  Running the file
+# itself would compile its few thousand lines at every start, a cost no
+# installed user pays (and this machine sets PYTHONDONTWRITEBYTECODE).
+_ENTRY = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); from runmaker import main; "
+    "sys.argv[0] = 'runmaker'; main()"
+)
+
+
+def compile_runmaker() -> None:
+    """Write runmaker's .pyc once, as pip does at install time."""
+    py_compile.compile(os.fspath(RUNMAKER), doraise=True)
+
+
 def runmaker_argv(*args: str | os.PathLike[str]) -> list[str]:
-    """The checkout's runmaker.py under this Python: no install needed."""
-    return [PYTHON, os.fspath(RUNMAKER), *(os.fspath(a) for a in args)]
+    """The checkout's runmaker, started the way its console script starts it."""
+    return [PYTHON, "-c", _ENTRY, os.fspath(ROOT), *(os.fspath(a) for a in args)]
 
 
 def interleaved_medians(
@@ -349,3 +365,6 @@ def machine_note() -> str:
         load = "?"
     return (f"{os.cpu_count()} CPUs, load average {load} at the end, "
             f"Python {sys.version.split()[0]}")
+
+
+compile_runmaker()
