@@ -46,22 +46,22 @@ __version__ = "1.0.0"
 
 __all__ = [
     "APPEND_BYTE",
-    "SLOT_BASE",
-    "STATE_NAMES",
     "Claim",
     "JobCounts",
     "JobFile",
     "JobSelection",
     "JobSource",
     "JobWatcher",
+    "OneLineErrorCommand",
     "RunmakerError",
+    "SLOT_BASE",
+    "STATE_NAMES",
     "Scheduler",
     "ServerOptions",
     "Worker",
     "WorkerOptions",
     "append_jobs",
     "append_to_shared_file",
-    "OneLineErrorCommand",
     "check_file_locking",
     "list_jobs",
     "main",
@@ -168,7 +168,8 @@ def _unlock_byte(fd: int, offset: int, length: int = 1) -> None:
 
 
 def _is_locked_elsewhere(fd: int, offset: int, length: int = 1) -> bool:
-    """Probe a job's state byte: True while another process holds its lock.
+    """Probe a byte (or with ``length`` 0 every byte from it on): True while
+    another process holds a lock on it.
 
     A real lock attempt, released at once if won, rather than F_GETLK: over
     NFS F_GETLK may answer from stale state, a lock attempt asks the lock
@@ -255,6 +256,11 @@ def _shown(command: bytes) -> str:
     return command.decode("utf-8", "replace")
 
 
+def _shown_bytes(command: bytes) -> bytes:
+    """The same, as UTF-8 bytes for the console and the logs."""
+    return _shown(command).encode()
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -296,7 +302,7 @@ def _open_job_file(path: str, writable: bool) -> int:
         raise RunmakerError(f"{path}: cannot open: {exc.strerror}") from None
 
 
-def check_file_locking(path: str, mountinfo: str | None = None) -> None:
+def check_file_locking(path: str, mountinfo: str | None = None, *, fd: int | None = None) -> None:
     """Refuse a job file on a mount whose locks would not reach other hosts.
 
     An NFS mount with ``nolock`` or ``local_lock=posix|all`` keeps POSIX
@@ -310,7 +316,7 @@ def check_file_locking(path: str, mountinfo: str | None = None) -> None:
                 mountinfo = f.read()
         except OSError:
             return  # not Linux: nothing to read, nothing to refuse
-    st = os.stat(path)
+    st = os.fstat(fd) if fd is not None else os.stat(path)  # the file we hold, if open
     device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     for entry in mountinfo.splitlines():
         fields = entry.split()
@@ -658,6 +664,7 @@ class Scheduler:
         self._last_rescan = 0.0
         self._rescan_cost = 0.0
         self._blocked_by: str | None = None
+        self._contended = False  # a queued job's lock was held elsewhere
         self.rescan()
 
     # -- public ------------------------------------------------------------
@@ -743,14 +750,21 @@ class Scheduler:
         self._advance_done_prefix()
 
     def close(self) -> None:
-        """Wait until every state byte written is durable and released."""
-        self._committer.close()
+        """Make every state byte written durable and release its lock."""
+        try:
+            self.commit()
+        finally:
+            self._committer.close()
 
     def _releaser(self, claim: Claim) -> Callable[[], None]:
+        # Read here, on the event loop: the committer thread must not index
+        # arrays that the event loop changes (re-indexing a grown last line).
+        fd, offset, slot, index = self.jobfile.fd, self.jobfile.offsets[claim.index], claim.slot, claim.index
+
         def release() -> None:
-            _unlock_byte(self.jobfile.fd, self.jobfile.offsets[claim.index])
-            self._release_slot(claim.slot)
-            self._releasing.discard(claim.index)
+            _unlock_byte(fd, offset)
+            self._release_slot(slot)
+            self._releasing.discard(index)
 
         return release
 
@@ -809,6 +823,7 @@ class Scheduler:
     def _claim_from_queues(self, count: int) -> list[Claim]:
         claims: list[Claim] = []
         self._blocked_by = None
+        self._contended = False
         if self.jobfile.shrunk:
             return claims  # a truncated file: the indexed lines are gone
         for queue in (self._high, self._normal):
@@ -841,6 +856,9 @@ class Scheduler:
         # running; waiting for it could take hours.
         if not _lock_byte(fd, offset, exclusive=True, wait=False):
             self._release_slot(slot)
+            # Running elsewhere, or only looked at (runset --set, a probe):
+            # not a reason to say nothing is left until a rescan tells.
+            self._contended = True
             return None
         # Reread under the lock: the cached byte may be old, and another
         # worker may have run the job to its end since we looked.
@@ -953,7 +971,7 @@ class Scheduler:
             return "waiting"
         if self._blocked_by == "barrier":
             return "blocked" if fresh and self._barrier_held_by_failure() else "waiting"
-        return "done" if fresh else "stale"
+        return "done" if fresh and not self._contended else "stale"
 
     def _barrier_held_by_failure(self) -> bool:
         """True when a failure above the first closed barrier holds it shut.
@@ -1012,6 +1030,7 @@ class _Records:
 
     def __init__(self, options: WorkerOptions, job_identity: tuple[int, int] | None) -> None:
         self.loglines = options.loglines
+        self.job_identity = job_identity
         self.cwd = os.getcwd()
         self.log_fd = (
             _open_record_file(options.logfile, "log file", job_identity) if options.logfile else None
@@ -1038,7 +1057,23 @@ class _Records:
             return None
         flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if first_attempt else os.O_APPEND)
         base = os.path.join(self.logdir, str(line))
-        return os.open(base + ".out", flags, 0o666), os.open(base + ".err", flags, 0o666)
+        fds: list[int] = []
+        try:
+            for name in (base + ".out", base + ".err"):
+                try:
+                    st = os.stat(name)
+                except FileNotFoundError:
+                    pass
+                else:
+                    if (st.st_dev, st.st_ino) == self.job_identity:
+                        # O_TRUNC would empty it, and closing it would drop our locks.
+                        raise OSError(errno.EEXIST, f"{name} is the job file itself")
+                fds.append(os.open(name, flags, 0o666))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds[0], fds[1]
 
     def job_ended(
         self,
@@ -1232,6 +1267,13 @@ class Worker:
         previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _wake_only)
         try:
             self._loop(wake_r)
+        except BaseException:
+            # A bug, or a file system failing under us: our job locks go
+            # with this process, so our jobs must not run on unowned
+            # (another worker would call them lost and, with -r, start them
+            # again while they still run).
+            self._stop_jobs_now()
+            raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -1339,6 +1381,17 @@ class Worker:
                 self.notify(f"runmaker: {name}: killing {len(self._running)} running jobs")
                 self._kill_all()
 
+    def _stop_jobs_now(self) -> None:
+        """SIGKILL every running job's process group and reap it."""
+        for job in self._running.values():
+            _signal_group(job.pid, signal.SIGKILL)
+        for pid in list(self._running):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self._running.clear()
+
     def _kill_all(self) -> None:
         """SIGTERM to every job's process group, SIGKILL later; they end 'e'."""
         deadline = time.monotonic() + _KILL_GRACE
@@ -1351,7 +1404,7 @@ class Worker:
 
     def _start(self, claim: Claim, attempt: int, local_slot: int) -> None:
         command = claim.command
-        quoted = command.decode("utf-8", "replace").encode()
+        quoted = _shown_bytes(command)
         if not self.options.quiet:
             self._console_parts.append(b"executing `" + quoted + b"'\n")
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -1372,6 +1425,9 @@ class Worker:
                     (os.POSIX_SPAWN_DUP2, err_w, 2),
                 ],
                 setsid=True,  # its own session and process group, to signal it whole
+                # Python ignores SIGPIPE (and SIGXFSZ); a job must not
+                # inherit that, or `yes | head -1` would never end.
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
             )
         except (OSError, ValueError) as exc:
             for fd in (out_r, err_r) + (files or ()):
@@ -1414,7 +1470,7 @@ class Worker:
         status = b'status (%s,-): %s "%s"' % (
             self._host,
             outcome.status.encode(),
-            claim.command.decode("utf-8", "replace").encode(),
+            _shown_bytes(claim.command),
         )
         if not self.options.quiet:
             self._console_parts.append(status + b"\n")
@@ -1450,14 +1506,20 @@ class Worker:
                 _signal_group(job.pid, signal.SIGTERM)
 
     def _ended(self, job: _Running, wait_status: int) -> None:
-        for fd in list(job.streams):
-            self._read_output(job, fd, job.streams[fd], until_empty=True)
+        # A job's output ends with its shell: what the pipes hold now is
+        # read, then they are closed, so a background process that writes
+        # later gets EPIPE instead of writing into records already closed.
+        for fd, stream in list(job.streams.items()):
+            self._read_output(job, fd, stream, until_empty=True)
+            if fd in job.streams:
+                self._close_stream(job, fd, stream)
         if job.timed_out or job.interrupted:
             # Background grandchildren of a stopped job go with it.
             _signal_group(job.pid, signal.SIGKILL)
         if job.files:
             for fd in job.files:
                 os.close(fd)
+            job.files = None
         code = os.waitstatus_to_exitcode(wait_status)
         signum = -code if code < 0 else 0
         if job.timed_out and not job.interrupted:
@@ -1473,7 +1535,7 @@ class Worker:
             self._host,
             job.pid,
             outcome.status.encode(),
-            command.decode("utf-8", "replace").encode(),
+            _shown_bytes(command),
         )
         if not self.options.quiet:
             self._console_parts.append(status + b"\n")
@@ -1667,7 +1729,7 @@ def list_jobs(
     wanted, pattern = _compile_selection(path, selection)
     jobfile = JobFile(path, writable=False, warn=warn)
     try:
-        check_file_locking(path)
+        check_file_locking(path, fd=jobfile.fd)
         data, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
         lost = _probe_running_jobs(jobfile, states, chosen)
         if summary:
@@ -1722,8 +1784,8 @@ def set_job_states(
     Each byte changes under its job lock, taken without waiting.  A job whose
     lock another process still holds after a few tries over ~0.1 s is live
     (running): it is left as it is and its line returned.  The tries let a
-    worker's or runwait's brief look at a pending job pass; a running job's
-    lock is held for the whole job.
+    worker's brief look at a pending job (a claim that finds it taken)
+    pass; a running job's lock is held for the whole job.
     Under the lock the byte is reread and written only if it differs; the
     bytes written are fsynced before their locks go, since another host
     reads a byte as soon as it wins its lock.  A lost job (``r`` that no
@@ -1741,7 +1803,7 @@ def set_job_states(
     wanted, pattern = _compile_selection(path, selection)
     jobfile = JobFile(path, writable=True, warn=warn)
     try:
-        check_file_locking(path)
+        check_file_locking(path, fd=jobfile.fd)
         _, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
         fd, offsets = jobfile.fd, jobfile.offsets
         byte = bytes((target,))
@@ -1834,7 +1896,7 @@ def append_jobs(
         return 0
     fd = _open_job_file(path, writable=True)
     try:
-        check_file_locking(path)
+        check_file_locking(path, fd=fd)
         append_to_shared_file(fd, b"".join(parts))
     finally:
         os.close(fd)
@@ -1966,7 +2028,7 @@ def wait_for_jobs(
     """
     watcher = JobWatcher(path, warn=warn)
     try:
-        check_file_locking(path)
+        check_file_locking(path, fd=watcher.jobfile.fd)
         started = time.monotonic()
         first_processed: int | None = None
         while True:
@@ -3461,7 +3523,7 @@ def serve_job_file(
     """
     jobfile = JobFile(path, warn=notify)
     try:
-        check_file_locking(path)
+        check_file_locking(path, fd=jobfile.fd)
         if _writable_by_others(jobfile.fd):
             notify(f"Warning: {path}: other users can write this file, and its lines run on clients")
         if options.token is not None:
@@ -3543,7 +3605,7 @@ def run_worker(
     """
     jobfile = JobFile(path, warn=notify)
     try:
-        check_file_locking(path)
+        check_file_locking(path, fd=jobfile.fd)
         options.job_file = os.path.abspath(path)
         records = _Records(options, jobfile.identity)
         for fd, name, what in (

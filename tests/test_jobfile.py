@@ -378,3 +378,39 @@ def test_a_file_larger_than_one_indexing_piece_is_indexed_like_a_small_one(tmp_p
         assert jobfile.command(len(expected) - 1) == b"last job without newline"
     finally:
         jobfile.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_pending_job_locked_elsewhere_is_not_taken_for_nothing_left(tmp_path):
+    """A lock held elsewhere (runset --set, another worker's claim) on a
+    pending job must not let an idle worker conclude that nothing is left."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "runs.txt"
+    path.write_bytes(b". true\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+         "fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0); print('held', flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE,
+    )
+    jobfile = JobFile(str(path))
+    scheduler = None
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        scheduler = Scheduler(jobfile)
+        assert scheduler.claim_jobs(1, idle=True) == []
+        assert scheduler.idle_reason == "stale"  # look again, do not exit
+        holder.kill()
+        holder.wait(timeout=10)
+        scheduler.rescan()
+        claims = scheduler.claim_jobs(1, idle=True)
+        assert [claim.line for claim in claims] == [1]
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        holder.stdout.close()
+        if scheduler is not None:
+            scheduler.close()
+        jobfile.close()

@@ -644,3 +644,76 @@ def test_a_job_that_cannot_start_ends_error(tmp_path):
     assert lines[0] == f"executing `{long_command}'"
     assert re.fullmatch(rf'status \({HOST},-\): error .+ "{long_command}"', lines[1])
     assert (tmp_path / "next").read_text() == "next\n"
+
+
+# --------------------------------------------------------------------------
+# Found in review: signals jobs inherit, output after the end, a failing worker
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_jobs_get_default_sigpipe_so_pipelines_end(tmp_path):
+    # Python ignores SIGPIPE; with that inherited, the loop would never end.
+    path = write_jobs(tmp_path / "runs.txt", ["while :; do echo x; done | head -1", "yes | head -2"])
+    result = run("runmaker", "-q", "-j2", "runs.txt", cwd=tmp_path, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert states(path) == "dd"
+    assert sorted(lines_of(result.stdout)) == sorted(
+        [f"stdout ({short_hostname()},{pid}): x" for pid in re.findall(r"\((?:[^,]+),(\d+)\): x", result.stdout.decode())]
+        + [f"stdout ({short_hostname()},{pid}): y" for pid in re.findall(r"\((?:[^,]+),(\d+)\): y", result.stdout.decode())]
+    )
+    assert result.stdout.decode().count("): y\n") == 2
+
+
+@pytest.mark.timeout(30)
+def test_output_written_after_a_job_ended_goes_nowhere_else(tmp_path):
+    """A background process writing after its job ended must not reach the
+    next job's --logdir files (or anything else reusing the descriptors)."""
+    path = write_jobs(tmp_path / "runs.txt", [
+        "(sleep 0.5; echo late; echo late >&2) & echo early",
+        "sleep 1; echo second",
+    ])
+    result = run("runmaker", "-q", "-j1", "--logdir", "out", "runs.txt", cwd=tmp_path, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert states(path) == "dd"
+    assert (tmp_path / "out" / "1.out").read_text() == "early\n"
+    assert (tmp_path / "out" / "1.err").read_text() == ""
+    assert (tmp_path / "out" / "2.out").read_text() == "second\n"
+    assert (tmp_path / "out" / "2.err").read_text() == ""
+    assert "late" not in result.stdout.decode()
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_that_fails_stops_its_jobs_before_its_locks_go(tmp_path):
+    """An unexpected error (here: the file system refusing the final state)
+    must not leave the worker's jobs running unowned."""
+    import runmaker
+
+    path = write_jobs(tmp_path / "runs.txt", [
+        f"echo $$ > {tmp_path}/pid1; sleep 0.3",
+        f"echo $$ > {tmp_path}/pid2; exec sleep 30",
+    ])
+
+    class FailingScheduler(runmaker.Scheduler):
+        def finish_job(self, claim, state):
+            raise OSError(5, "Input/output error")
+
+    jobfile = JobFile(str(path))
+    scheduler = FailingScheduler(jobfile)
+    console = open(os.devnull, "wb")
+    worker = runmaker.Worker(
+        scheduler, runmaker.WorkerOptions(jobs=2, quiet=True, job_file=str(path)),
+        runmaker._Records(runmaker.WorkerOptions(), jobfile.identity),
+        console=console, notify=lambda message: None,
+    )
+    try:
+        with pytest.raises(OSError, match="Input/output error"):
+            worker.run()
+        second = read_int(tmp_path / "pid2")
+        assert second is not None
+        assert not alive(second)  # killed and reaped, not left running unowned
+        assert not worker._running
+    finally:
+        console.close()
+        scheduler.close()
+        jobfile.close()
