@@ -776,6 +776,28 @@ class Scheduler:
         self._last_identity_check = now
         return self.jobfile.replaced()
 
+    def nothing_left(self) -> str | None:
+        """Without claiming: "done" if no job is left to run, "blocked" if
+        only jobs below a barrier held shut by a failure are, else None.
+
+        The end rule of a worker, for a TCP server with no client asking.
+        Rereads the whole file first.
+        """
+        self.rescan()
+        if self.jobfile.shrunk:
+            return None  # the caller's replaced() check says so
+        candidates = [
+            index
+            for queue in (self._high, self._normal)
+            for index in queue
+            if index not in self._releasing and self._runnable(self.states[index], index)
+        ]
+        if not candidates:
+            return "done"
+        if any(not self._below_open_barrier(index) for index in candidates):
+            return None
+        return "blocked" if self._barrier_held_by_failure() else None
+
     def describe_block(self) -> str:
         """One line on why pending jobs will not start (for ``blocked``)."""
         waiting = len(self.states) - self._done_prefix
@@ -2298,12 +2320,14 @@ _TOKEN_FILE = "~/.runmaker.token"
 _TOKEN_BYTES = 16  # 128 random bits
 _NONCE_BYTES = 32
 _MAX_GREETING = 4096  # bytes of a line before authentication
+_MAX_WELCOME = 64 << 10  # the server's welcome: its proof, host name and job file path
 _MAX_MESSAGE = 1 << 20  # bytes of a line after it
 _MAX_COMMAND = 128 << 10  # Linux's exec refuses a longer argument (MAX_ARG_STRLEN)
 _MAX_ENCODED_JOB = (_MAX_COMMAND + 2) // 3 * 4 + 32  # one [line, base64] in a jobs line
 _MAX_BACKLOG = 4 * _MAX_MESSAGE  # unsent bytes kept for a peer that does not read
 _RECEIVE_BUDGET = 1 << 18  # bytes read from one peer per turn of the loop
 _MAX_PEERS = 512
+_MAX_STRANGERS = 64  # connections not yet authenticated
 _MAX_CLAIM = 1024  # jobs asked for at once
 _AUTH_DEADLINE = 10.0  # seconds a new connection has to authenticate
 _HEARTBEAT = 5.0  # a ping after this long without sending anything
@@ -2314,6 +2338,8 @@ _SERVER_SILENCE = _CLIENT_SILENCE + _KILL_GRACE + 5.0
 # A client whose connection the server closed learns it at the latest from
 # its next heartbeat, then stops its jobs within the grace of the kill.
 _LOST_RELEASE = _HEARTBEAT + _KILL_GRACE + 2.0
+# One the server hangs up on may hear of it only at its own silence deadline.
+_LOST_RELEASE_UNHEARD = _CLIENT_SILENCE + _KILL_GRACE + 2.0
 _GOODBYE = 2.0  # seconds spent delivering last words before hanging up
 _GIVE_UP = 60.0  # a client stops trying to reach its server after this long
 _BACKOFF_FIRST = 0.5
@@ -2396,6 +2422,10 @@ class _Channel:
         self._key: bytes | None = None
         self._labels = (b"", b"")  # sending, receiving
         self._numbers = [0, 0]
+
+    def expect_line_of(self, limit: int) -> None:
+        """Accept a next line of up to ``limit`` bytes."""
+        self._limit = limit
 
     def secure(self, key: bytes, *, server: bool) -> None:
         """Sign every later line sent and check every later line received."""
@@ -2799,11 +2829,13 @@ class _Server:
         if now < self._next_look:
             return False
         # Nobody asks: look for anything left to run, as seldom as a worker would.
-        left = _anything_left(self._scheduler)
+        ended = self._scheduler.nothing_left()
         self._next_look = time.monotonic() + max(_POLL, 20 * (time.monotonic() - now))
-        if not left:
-            self._nothing_left = "done"
-        return not left
+        if ended:
+            self._nothing_left = ended
+            if ended == "blocked":
+                self._block = self._scheduler.describe_block()
+        return ended is not None
 
     # -- peers -------------------------------------------------------------
 
@@ -2828,6 +2860,12 @@ class _Server:
                 self._notify(f"runmaker: {name}: refused: already {_MAX_PEERS} connections")
                 sock.close()
                 continue
+            # Strangers get a small share, so a flood of them cannot keep
+            # real clients (reconnecting after a network fault) out.
+            if sum(peer.host is None for peer in self._peers.values()) >= _MAX_STRANGERS:
+                self._notify(f"runmaker: {name}: refused: {_MAX_STRANGERS} connections still authenticating")
+                sock.close()
+                continue
             sock.setblocking(False)
             _tune(sock)
             nonce = secrets.token_bytes(_NONCE_BYTES)
@@ -2842,7 +2880,7 @@ class _Server:
         try:
             peer.channel.send(message)
         except _PeerError as exc:
-            self._drop(peer, str(exc))
+            self._drop(peer, str(exc), hung_up=isinstance(exc, _ConnectionGone))
 
     def _update(self, peer: _Peer) -> None:
         """Send what the peer can take, then (closing) the end of the stream; watch for input."""
@@ -2854,7 +2892,7 @@ class _Server:
             if peer.closing:
                 self._forget(peer)  # it left first: nothing was lost
             else:
-                self._drop(peer, str(exc))
+                self._drop(peer, str(exc), hung_up=isinstance(exc, _ConnectionGone))
             return
         if peer.closing and not peer.channel.sending and not peer.shut:
             peer.channel.finish_sending()
@@ -2882,7 +2920,7 @@ class _Server:
                         break
                     self._handle(peer, message)
         except _PeerError as exc:
-            self._drop(peer, str(exc))
+            self._drop(peer, str(exc), hung_up=isinstance(exc, _ConnectionGone))
             return
         self._update(peer)
 
@@ -2892,8 +2930,15 @@ class _Server:
         del self._peers[fd]
         peer.channel.close()
 
-    def _drop(self, peer: _Peer, why: str, *, silent: bool = False) -> None:
-        """Hang up on a peer; its jobs end 'e' once it has surely stopped them."""
+    def _drop(self, peer: _Peer, why: str, *, silent: bool = False, hung_up: bool = False) -> None:
+        """Hang up on a peer; its jobs end 'e' once it has surely stopped them.
+
+        A client that hung up knows it is gone and stops its jobs within
+        the grace of the kill (``_LOST_RELEASE``).  One we hang up on may
+        not hear of it (a network that fails one way) until its own silence
+        deadline (``_LOST_RELEASE_UNHEARD``); one silent for
+        ``_SERVER_SILENCE`` has passed that already.
+        """
         if peer.channel.sock.fileno() not in self._peers:
             return
         self._forget(peer)
@@ -2902,7 +2947,7 @@ class _Server:
         if not claims:
             self._notify(f"runmaker: {peer.label}: dropped ({why})")
             return
-        delay = 0.0 if silent else _LOST_RELEASE
+        delay = 0.0 if silent else _LOST_RELEASE if hung_up else _LOST_RELEASE_UNHEARD
         self._lost.append((time.monotonic() + delay, claims))
         lines = ", ".join(str(claim.line) for claim in claims[:10])
         lines += ", ..." if len(claims) > 10 else ""
@@ -3054,17 +3099,6 @@ class _Server:
                     _drain_wakeup(wake_r)
                 elif fd in self._peers:
                     self._serve(self._peers[fd], events)
-
-
-def _anything_left(scheduler: Scheduler) -> bool:
-    """Whether any job of the file may still be claimed: a fresh look, claiming nothing."""
-    scheduler.rescan()
-    states = scheduler.states
-    if b"." in states or b"+" in states:
-        return True
-    if scheduler.retry:
-        return any(m.start() not in scheduler.attempted for m in re.finditer(rb"[!e]", states))
-    return False
 
 
 # -- the client ------------------------------------------------------------
@@ -3317,6 +3351,9 @@ def _connect_to_server(
                 "jobs": options.jobs,
             })
             channel.flush()
+            # The welcome names the job file: a long path, JSON-escaped,
+            # may be far longer than a greeting.
+            channel.expect_line_of(_MAX_WELCOME)
             welcome = _receive_one(channel, deadline)
         except _ConnectionGone:
             raise

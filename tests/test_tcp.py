@@ -574,3 +574,30 @@ def test_new_token_file_is_private_and_clients_find_it(tmp_path: Path, procs: Pr
     assert client.returncode == 0, client.stderr
     assert server.wait(timeout=20) == 0
     assert states(runs) == "dd"
+
+
+@pytest.mark.timeout(40)
+def test_a_server_with_no_clients_ends_by_the_workers_rule(tmp_path: Path, procs: Procs) -> None:
+    """Only jobs below a barrier held shut by a failure are left: like a
+    file worker, the server says so and ends, without any client asking."""
+    runs = tmp_path / "runs.txt"
+    runs.write_text("! false\n#runmaker barrier\n. true\n")
+    tcp = Tcp(tmp_path, procs)
+    server = tcp.start("server", "--serve", "--port", "0", "--token", str(tcp.token), str(runs))
+    assert ended(server) == 0, tcp.err("server")
+    assert "jobs below the barrier at line 2 wait for failed jobs above it" in tcp.err("server")
+    assert states(runs) == "!."
+
+
+@pytest.mark.timeout(40)
+def test_a_long_job_file_path_fits_the_welcome(tmp_path: Path, procs: Procs) -> None:
+    # Six directories of 120 'ü': 1.5 KB of path, over 4 KB JSON-escaped.
+    deep = tmp_path.joinpath(*["ü" * 120] * 6)
+    deep.mkdir(parents=True)
+    runs = record_jobs(deep / "runs.txt", 2)
+    tcp = Tcp(tmp_path, procs)
+    server, port = tcp.serve(runs)
+    client = tcp.connect("c", port, "-j2")
+    assert ended(client) == 0, tcp.err("c")
+    assert ended(server) == 0, tcp.err("server")
+    assert states(runs) == "dd"
