@@ -717,3 +717,28 @@ def test_a_worker_that_fails_stops_its_jobs_before_its_locks_go(tmp_path):
         console.close()
         scheduler.close()
         jobfile.close()
+
+
+@pytest.mark.timeout(30)
+def test_files_other_users_can_write_draw_one_warning_each(tmp_path):
+    path = write_jobs(tmp_path / "runs.txt", ["true"])
+    log = tmp_path / "runs.log"
+    log.write_text("")
+    joblog = tmp_path / "runs.tsv"
+    joblog.write_text("")
+    for file in (path, log):
+        file.chmod(file.stat().st_mode | stat.S_IWOTH)
+    result = run("runmaker", "-q", "-l", "runs.log", "--joblog", "runs.tsv", "runs.txt", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode().splitlines() == [
+        "Warning: runs.txt: other users can write this file, and its lines run as you",
+        "Warning: runs.log: other users can write this file, and it records what your jobs did",
+    ]
+    assert states(path) == "d"
+    # Our own files, private: no warning.
+    for file in (path, log):
+        file.chmod(0o644)
+    write_jobs(path, ["true"])
+    result = run("runmaker", "-q", "-l", "runs.log", "runs.txt", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stderr == b""
