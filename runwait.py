@@ -10,6 +10,7 @@ worker would wait for.  A thin command over ``runmaker.wait_for_jobs``.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
@@ -69,6 +70,10 @@ class _Progress:
             click.echo("", err=True)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _warn(message: str) -> None:
     click.echo(message, err=True)
 
@@ -89,13 +94,16 @@ def main(file: str, progress: bool, use_exit_status: bool, timeout: float | None
     """Wait until no job of FILE is pending or running; name the failed and lost ones.
 
     Exit status: 0 finished; 1 with -e when a job is not d or -; 124 after
-    --timeout; 2 usage or input error; 130 interrupted.
+    --timeout; 2 usage or input error; 130 interrupted (SIGINT, SIGTERM,
+    SIGHUP).
 
     \b
     Example:
         runwait -e --progress runs.txt && mail -s 'runs done' me < /dev/null
     """
     show = _Progress() if progress else None
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupted)  # ends like Ctrl-C: exit 130
     try:
         counts = runmaker.wait_for_jobs(file, interval=interval, timeout=timeout, progress=show, warn=_warn)
     except KeyboardInterrupt:

@@ -359,14 +359,15 @@ def test_runwait_file_replaced_while_it_waits(tmp_path: Path, procs: Procs) -> N
     assert path.read_bytes() == b"d pending\n"
 
 
-def test_signals_do_not_leave_a_traceback(tmp_path: Path, procs: Procs) -> None:
-    """runwait interrupted (SIGINT) exits 130 without a traceback."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_signals_do_not_leave_a_traceback(tmp_path: Path, procs: Procs, signum: int) -> None:
+    """runwait interrupted (SIGINT, SIGTERM, SIGHUP) exits 130 without a traceback."""
     path = tmp_path / "runs.txt"
     path.write_bytes(b". pending\n")
     waiter = procs.start("runwait", "--progress", "--interval", "0.1", "runs.txt", cwd=tmp_path)
     assert waiter.stderr is not None
     waiter.stderr.readline()
-    waiter.send_signal(signal.SIGINT)
+    waiter.send_signal(signum)
     out, err = waiter.communicate(timeout=20)
     assert waiter.returncode == 130
     assert b"Traceback" not in out + err
