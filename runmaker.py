@@ -346,10 +346,12 @@ class JobFile:
     """One open job file: its single descriptor and the index of its lines.
 
     The index keeps, per job, the offset of its state byte, the end of its
-    command and its line number, in compact arrays, so a file of a million
-    lines costs tens of megabytes, not hundreds.  Lines appended later are
-    indexed incrementally; finding work never rereads the whole file unless
-    asked to (``read(whole=True)``).
+    command and its line number, in compact arrays (24 bytes a job; with
+    the cached getter of all state bytes, about 60).  A worker on a file of
+    a million jobs measured 85 MB above an idle one, the file's own bytes
+    included while it rereads them.  Lines appended later are indexed
+    incrementally; finding work never rereads the whole file unless asked
+    to (``read(whole=True)``).
 
     A process that holds job locks keeps exactly one descriptor of the file:
     closing any descriptor of it would drop every POSIX lock the process
