@@ -193,7 +193,7 @@ def test_every_job_runs_exactly_once_under_many_workers(
     fd = os.open(path, os.O_RDWR)
     try:
         wait_for(lambda: b"r" in path.read_bytes()[: 400], what="a worker to start")
-        for batch in range(10):
+        for _ in range(10):
             record = _JobFileBuilder()
             record.line = appended.line
             for _ in range(5):
