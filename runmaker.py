@@ -2311,10 +2311,12 @@ def _line_ranges(lines: array.array[int], indexes: list[int]) -> str:
 # Reconnecting: a client that loses its server stops its running jobs (they
 # end 'e', as the server marks them) and connects again only once none is
 # left, so no job of the old connection runs beside the new one's.  The
-# server, in turn, holds a lost connection's jobs locked for _LOST_RELEASE
-# seconds before it marks them 'e' (after a silence, _SERVER_SILENCE already
-# covers it): by then the client, if alive, has stopped them, so nobody
-# (with --retry) starts one of them again while it still runs.
+# server, in turn, holds a lost connection's jobs locked before it marks
+# them 'e': _LOST_RELEASE seconds when the client hung up,
+# _LOST_RELEASE_UNHEARD when the server hung up (the client may learn it
+# only at its own silence deadline), none after _SERVER_SILENCE: by then
+# the client, if alive, has stopped them, so nobody (with --retry) starts
+# one of them again while it still runs.
 
 _TCP_PORT = 9998
 _PROTOCOL = 1
@@ -2337,8 +2339,8 @@ _CLIENT_SILENCE = 15.0  # a client gives up a server silent this long
 # The server gives up a silent client only once it has surely stopped its
 # jobs: after its own deadline and the grace of the kill.
 _SERVER_SILENCE = _CLIENT_SILENCE + _KILL_GRACE + 5.0
-# A client whose connection the server closed learns it at the latest from
-# its next heartbeat, then stops its jobs within the grace of the kill.
+# A client that hung up (or whose host reset the connection) knows it is
+# gone and stops its jobs within the grace of the kill.
 _LOST_RELEASE = _HEARTBEAT + _KILL_GRACE + 2.0
 # One the server hangs up on may hear of it only at its own silence deadline.
 _LOST_RELEASE_UNHEARD = _CLIENT_SILENCE + _KILL_GRACE + 2.0
