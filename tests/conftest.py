@@ -49,6 +49,25 @@ def states(path: Path) -> str:
     return "".join(out)
 
 
+def read_int(path: Path) -> int | None:
+    """The number a job wrote to ``path`` (a pid, say), or None while there is none."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` is a process that is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return fields[0] != b"Z"
+
+
 def write_jobs(path: Path, commands: list[str], state: str = ".") -> Path:
     path.write_text("".join(f"{state} {c}\n" for c in commands))
     return path

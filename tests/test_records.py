@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, states, wait_for, write_jobs
+from conftest import alive, read_int, run, states, wait_for, write_jobs
 from runmaker import short_hostname
 
 PY = sys.executable
@@ -51,23 +51,6 @@ def joblog_rows(path: Path) -> list[dict[str, str]]:
         assert fields != JOBLOG_HEADER, "the header was written twice"
         rows.append(dict(zip(JOBLOG_HEADER, fields)))
     return rows
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return fields[0] != b"Z"
-
-
-def read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() else None
 
 
 def kill(pid: int | None) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run, states, wait_for
+from conftest import ROOT, read_int, run, states, wait_for
 from runmaker import append_to_shared_file
 
 # --------------------------------------------------------------------------
@@ -243,13 +243,6 @@ def test_max_running_0_pauses_and_none_resumes(tmp_path, procs):
     assert states(path) == "d" * 10
     if 10 - before >= 3:  # no cap: -j3 is the limit again
         assert max(n for t, n in running_at_starts(tmp_path) if t > resumed) == 3
-
-
-def read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 @pytest.mark.timeout(40)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run, states, wait_for, write_jobs
+from conftest import alive, read_int, run, states, wait_for, write_jobs
 from runmaker import JobFile, _is_locked_elsewhere, __version__, short_hostname
 
 HOST = re.escape(short_hostname())
@@ -42,16 +42,6 @@ def match_console(out: bytes, *expected: str) -> list[str]:
     return pids
 
 
-def alive(pid: int) -> bool:
-    """True while ``pid`` is a process that is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return fields[0] != b"Z"
-
-
 def group_gone(pgid: int) -> bool:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -71,14 +61,6 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() else None
 
 
 def wait_exit(proc, timeout: float = 20) -> int:
