@@ -46,6 +46,7 @@ __version__ = "1.0.0"
 
 __all__ = [
     "APPEND_BYTE",
+    "CLICK_CONTEXT",
     "Claim",
     "JobCounts",
     "JobFile",
@@ -63,6 +64,7 @@ __all__ = [
     "append_jobs",
     "append_to_shared_file",
     "check_file_locking",
+    "echo_to_stderr",
     "list_jobs",
     "main",
     "progress_cells",
@@ -3672,10 +3674,11 @@ def run_worker(
 # The command
 # --------------------------------------------------------------------------
 
-_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+CLICK_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _echo_err(message: str) -> None:
+def echo_to_stderr(message: str) -> None:
+    """The commands' way of showing a warning or notice: one line on stderr."""
     click.echo(message, err=True)
 
 
@@ -3702,7 +3705,7 @@ class OneLineErrorCommand(click.Command):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-@click.command(cls=OneLineErrorCommand, context_settings=_CONTEXT)
+@click.command(cls=OneLineErrorCommand, context_settings=CLICK_CONTEXT)
 @click.argument("file", required=False)
 @click.option("-j", "--jobs", type=click.IntRange(min=0), default=1, show_default=True,
               help="Jobs run at once by this worker; 0 = the CPUs this process may use.")
@@ -3748,8 +3751,8 @@ def main(**opts: object) -> None:
     jobs = int(opts.pop("jobs")) or len(os.sched_getaffinity(0))  # type: ignore[call-overload]
     options = WorkerOptions(jobs=jobs, **opts)  # type: ignore[arg-type]
     if tcp.serve or tcp.connect:
-        sys.exit(tcp.run(file, options, retry=retry, console=sys.stdout.buffer, notify=_echo_err))  # type: ignore[arg-type]
-    code = run_worker(str(file), options, retry=retry, console=sys.stdout.buffer, notify=_echo_err)
+        sys.exit(tcp.run(file, options, retry=retry, console=sys.stdout.buffer, notify=echo_to_stderr))  # type: ignore[arg-type]
+    code = run_worker(str(file), options, retry=retry, console=sys.stdout.buffer, notify=echo_to_stderr)
     sys.exit(code)
 
 

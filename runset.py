@@ -69,14 +69,7 @@ def _check_combination(
         raise click.UsageError("choose one of --list and --summary")
 
 
-def _warn(message: str) -> None:
-    click.echo(message, err=True)
-
-
-@click.command(
-    cls=runmaker.OneLineErrorCommand,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-)
+@click.command(cls=runmaker.OneLineErrorCommand, context_settings=runmaker.CLICK_CONTEXT)
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("jobs", nargs=-1, metavar="[JOB]...")
 @click.option("-a", "--all", "all_jobs", is_flag=True, help="Select every job.")
@@ -121,12 +114,12 @@ def main(
     if appending:
         runmaker.append_jobs(file, _commands(add), high=high, max_running=max_running, barrier=barrier)
     elif set_state is not None:
-        refused = runmaker.set_job_states(file, selection, set_state, warn=_warn)
+        refused = runmaker.set_job_states(file, selection, set_state, warn=runmaker.echo_to_stderr)
         for line in refused:
             click.echo(f"runset: {file}:{line}: running (a worker holds its lock); not changed", err=True)
         sys.exit(1 if refused else 0)
     else:
-        for text in runmaker.list_jobs(file, selection, as_json=as_json, summary=summary, warn=_warn):
+        for text in runmaker.list_jobs(file, selection, as_json=as_json, summary=summary, warn=runmaker.echo_to_stderr):
             click.echo(text, nl=False)
 
 

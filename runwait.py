@@ -74,14 +74,7 @@ def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _warn(message: str) -> None:
-    click.echo(message, err=True)
-
-
-@click.command(
-    cls=runmaker.OneLineErrorCommand,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-)
+@click.command(cls=runmaker.OneLineErrorCommand, context_settings=runmaker.CLICK_CONTEXT)
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-p", "--progress", is_flag=True,
               help="Show progress on stderr: a live bar on a terminal, else a line when counts change.")
@@ -105,7 +98,7 @@ def main(file: str, progress: bool, use_exit_status: bool, timeout: float | None
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupted)  # ends like Ctrl-C: exit 130
     try:
-        counts = runmaker.wait_for_jobs(file, interval=interval, timeout=timeout, progress=show, warn=_warn)
+        counts = runmaker.wait_for_jobs(file, interval=interval, timeout=timeout, progress=show, warn=runmaker.echo_to_stderr)
     except KeyboardInterrupt:
         sys.exit(_EXIT_INTERRUPTED)
     finally:
