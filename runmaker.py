@@ -473,18 +473,9 @@ class JobFile:
             start = cut
         last = data[end:]
         if last:
+            # Indexed like any line, and undone to be indexed again if it grows.
             self._tail = (pos, len(self.offsets), len(self.barriers), self.line_count, self.max_running)
-            self.line_count += 1
-            if len(last) >= 3 and last[1] in _SEPARATORS and last[0] not in _NOT_STATE:
-                size = len(last.rstrip())
-                if size > 2:
-                    self.offsets.append(pos)
-                    self.ends.append(pos + size)
-                    self.lines.append(self.line_count)
-                else:
-                    self._index_other(last, self.line_count)
-            else:
-                self._index_other(last, self.line_count)
+            self._index_lines(last + b"\n", pos)
         self.size = pos + len(last)
         return first_new
 
