@@ -39,5 +39,7 @@ if [ ! -f "$jobs_file" ]; then
     printf '%s\n' "slurm.sh: $jobs_file: no such job file" "$usage" >&2
     exit 2
 fi
-# exec: Slurm signals the batch shell, which must be runmaker itself.
+# Slurm signals the batch shell only, so it must be runmaker itself (exec).
+# An early warning that comes while runmaker starts is ignored, not fatal.
+trap '' USR1
 exec runmaker -j0 --requeue --logfile "${jobs_file%.txt}.log" "$@" -- "$jobs_file"

@@ -18,12 +18,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from conftest import ROOT, states, wait_for
 
 pytestmark = pytest.mark.slurm
@@ -99,7 +98,7 @@ class Cluster:
         """Run one command inside the namespace; return its stdout."""
         result = subprocess.run(
             ["nsenter", f"--net=/proc/{self.netns_pid}/ns/net", *args], cwd=cwd, env=self.env,
-            stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(args)} exited {result.returncode}: "
@@ -426,7 +425,7 @@ def test_a_cancelled_tasks_job_goes_back_and_runs_once(cluster: Cluster) -> None
     again = [task for line, task in ran if line == cut[0]]
     assert again and again[0] in (1, 3)  # ... put back, and run once by another task
     log = (work / "runs.log").read_text()
-    assert len(re.findall(r"^\+ status \([^)]*\): requeued \"", log, re.M)) == 1
+    assert len(re.findall(r"^\+ status \([^)]*\): requeued \"", log, re.MULTILINE)) == 1
     assert processes_of(jobs) == []
 
 
@@ -473,7 +472,7 @@ def test_the_time_limit_puts_running_jobs_back_and_a_second_array_finishes_them(
     assert marks(work) == []
     assert processes_of(jobs) == []
     log = (work / "runs.log").read_text()
-    assert len(re.findall(r"^\+ status \([^)]*\): requeued \"sleep ", log, re.M)) == 3
+    assert len(re.findall(r"^\+ status \([^)]*\): requeued \"sleep ", log, re.MULTILINE)) == 3
     for t in (1, 2, 3):
         out = (work / f"runmaker-{job}_{t}.out").read_text()
         assert "runmaker: SIGUSR1: " in out and "runmaker: SIGTERM: " in out, out
