@@ -26,7 +26,7 @@
 #SBATCH --signal=B:USR1@120
 #SBATCH --output=runmaker-%A_%a.out
 set -eu
-usage="usage: sbatch --array=1-N [SBATCH OPTIONS] slurm.sh /shared/path/runs.txt [RUNMAKER OPTIONS]"
+usage="usage: sbatch --array=1-N slurm.sh /shared/path/runs.txt [RUNMAKER OPTIONS]"
 # sbatch copies this script without running it, so this check runs when the
 # script does: at once when run by hand, first thing in every array task.
 if [ $# -lt 1 ]; then
