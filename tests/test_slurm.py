@@ -43,8 +43,8 @@ def _why_no_slurm() -> str | None:
         return "the Slurm tests need root (slurmd runs the jobs, munged and the namespace need root)"
     missing = [tool for tool in _TOOLS if shutil.which(tool) is None]
     if missing:
-        return (f"the Slurm tests need slurm-wlm and munge installed (missing: {' '.join(missing)}); "
-                ".ci/run installs them when run as root")
+        return (f"the Slurm tests need slurm-wlm, munge, iproute2 and util-linux (missing: {' '.join(missing)}); "
+                ".ci/run installs slurm-wlm and munge when run as root")
     return None
 
 
