@@ -224,6 +224,63 @@ def append_to_shared_file(fd: int, record: bytes, *, header: bytes = b"") -> Non
 
 
 # --------------------------------------------------------------------------
+# Job locks (SPEC section 3).  The rules, and the code that carries each:
+#
+#  1. Lock a job's state byte without waiting (a held byte is a job that
+#     runs, maybe for hours) and reread the byte under the lock: the cached
+#     byte may be old, and on NFS taking a lock is what refreshes the page.
+#     Both: _lock_and_reread_job.
+#  2. Decide on the byte reread, never on a cached one: Scheduler._claim
+#     (runnable?), Scheduler._mark_lost_jobs (still 'r'?), _set_unlocked_jobs
+#     (still selected?), _probe_running_jobs (still 'r'?).
+#  3. Write the one byte while holding the lock (a host that holds no lock
+#     may write back whole cached pages over other hosts' bytes):
+#     _write_job_state.
+#  4. fsync, then unlock: another host reads the byte as soon as it wins the
+#     lock, so it must be on the server first: _release_job_locks, and for a
+#     worker's finished jobs the _Committer (group commit off the loop).
+#     A claim's lock is kept for the whole job: 'r' locked = running.
+#  5. A liveness probe is a lock attempt released at once (shared: enough to
+#     conflict with a running job's exclusive lock), never F_GETLK, which
+#     over NFS may answer from stale state: _lock_and_reread_job(...,
+#     exclusive=False) then _release_job_locks; _is_locked_elsewhere (slots).
+# --------------------------------------------------------------------------
+
+# A job line is ``S C``: the state byte, one separator, then the command.
+_COMMAND_SKIP = 2  # from a job's state byte to its command
+
+
+def _lock_and_reread_job(fd: int, offset: int, *, exclusive: bool = True) -> bytes | None:
+    """Rule 1: lock the state byte at ``offset`` without waiting and reread it.
+
+    Returns None when another process (or host) holds the lock; then nothing
+    is locked.  Otherwise the lock is held and the byte reread under it is
+    returned (``b""`` if the file now ends before it); the caller decides,
+    and releases with _release_job_locks (or keeps a claim's lock).
+    """
+    if not _lock_byte(fd, offset, exclusive=exclusive, wait=False):
+        return None
+    try:
+        return os.pread(fd, 1, offset)
+    except BaseException:
+        _unlock_byte(fd, offset)
+        raise
+
+
+def _write_job_state(fd: int, offset: int, state: bytes) -> None:
+    """Rule 3: write one state byte; the caller holds its job lock."""
+    os.pwrite(fd, state, offset)
+
+
+def _release_job_locks(fd: int, offsets: Iterable[int], written: bool) -> None:
+    """Rule 4: make the bytes written durable, then let go of their job locks."""
+    if written:
+        os.fsync(fd)  # before unlocking: over NFS another host reads once it wins the lock
+    for offset in offsets:
+        _unlock_byte(fd, offset)
+
+
+# --------------------------------------------------------------------------
 # Small private helpers
 # --------------------------------------------------------------------------
 
@@ -423,7 +480,7 @@ class JobFile:
 
     def command(self, index: int) -> bytes:
         """The command of job ``index``, read from the file (it never changes)."""
-        start = self.offsets[index] + 2
+        start = self.offsets[index] + _COMMAND_SKIP
         return os.pread(self.fd, self.ends[index] - start, start)
 
     def index_of_line(self, line: int) -> int | None:
@@ -714,7 +771,7 @@ class Scheduler:
         # A file truncated under us (SPEC: it never is) has no state byte
         # here any more; a write past its end would grow it with NULs.
         if os.pread(self.jobfile.fd, 1, offset):
-            os.pwrite(self.jobfile.fd, state.encode(), offset)
+            _write_job_state(self.jobfile.fd, offset, state.encode())
         self._dirty = True
         self._acted_since_rescan = True
         self.states[claim.index] = ord(state)
@@ -752,7 +809,7 @@ class Scheduler:
         fd, offset, slot, index = self.jobfile.fd, self.jobfile.offsets[claim.index], claim.slot, claim.index
 
         def release() -> None:
-            _unlock_byte(fd, offset)
+            _release_job_locks(fd, (offset,), written=False)  # the committer fsynced
             self._release_slot(slot)
             self._releasing.discard(index)
 
@@ -864,24 +921,21 @@ class Scheduler:
             if slot is None:
                 return False
         fd, offset = self.jobfile.fd, self.jobfile.offsets[index]
-        # Non-blocking: a held byte is a job someone else is starting or
-        # running; waiting for it could take hours.
-        if not _lock_byte(fd, offset, exclusive=True, wait=False):
+        current = _lock_and_reread_job(fd, offset)
+        if current is None:
             self._release_slot(slot)
             # Running elsewhere, or only looked at (runset --set, a probe):
             # not a reason to say nothing is left until a rescan tells.
             self._contended = True
             return None
-        # Reread under the lock: the cached byte may be old, and another
-        # worker may have run the job to its end since we looked.
-        current = os.pread(fd, 1, offset)
+        # Another worker may have run the job to its end since we looked.
         state = current[0] if current else _DONE
         if not self._runnable(state, index):
-            _unlock_byte(fd, offset)
+            _release_job_locks(fd, (offset,), written=False)
             self._release_slot(slot)
             self.states[index] = state
             return None
-        os.pwrite(fd, b"r", offset)
+        _write_job_state(fd, offset, b"r")  # fsynced by commit(); the lock stays
         self._dirty = True
         self._acted_since_rescan = True
         self.states[index] = _RUNNING
@@ -951,19 +1005,16 @@ class Scheduler:
         fd, offsets, states = self.jobfile.fd, self.jobfile.offsets, self.states
         index = states.find(b"r")
         while index >= 0:
-            if (
-                index not in self.held
-                and index not in self._releasing
-                and _lock_byte(fd, offsets[index], exclusive=True, wait=False)
-            ):
-                current = os.pread(fd, 1, offsets[index])
-                if current == b"r":
-                    os.pwrite(fd, b"e", offsets[index])
-                    os.fsync(fd)  # before unlock, as for every state change
-                    states[index] = _ERROR
-                elif current:
-                    states[index] = current[0]
-                _unlock_byte(fd, offsets[index])
+            if index not in self.held and index not in self._releasing:
+                current = _lock_and_reread_job(fd, offsets[index])
+                if current is not None:
+                    lost = current == b"r"
+                    if lost:
+                        _write_job_state(fd, offsets[index], b"e")
+                        states[index] = _ERROR
+                    elif current:
+                        states[index] = current[0]
+                    _release_job_locks(fd, (offsets[index],), written=lost)
             index = states.find(b"r", index + 1)
 
     def _advance_done_prefix(self) -> None:
@@ -1748,6 +1799,7 @@ def list_jobs(
             yield _summary_text(states, chosen, len(lost), as_json)
             return
         lines, offsets, ends = jobfile.lines, jobfile.offsets, jobfile.ends
+        skip = _COMMAND_SKIP
         for start in range(0, len(chosen), _LIST_CHUNK):
             part = chosen[start : start + _LIST_CHUNK]
             if as_json:
@@ -1756,7 +1808,7 @@ def list_jobs(
                         {
                             "line": lines[i],
                             "state": _shown(states[i : i + 1]),
-                            "command": _shown(data[offsets[i] + 2 : ends[i]]),
+                            "command": _shown(data[offsets[i] + skip : ends[i]]),
                             "lost": i in lost,
                         }
                     )
@@ -1773,7 +1825,7 @@ def list_jobs(
                             % (
                                 lines[i],
                                 states[i],
-                                data[offsets[i] + 2 : ends[i]],
+                                data[offsets[i] + skip : ends[i]],
                                 b" [lost]" if i in lost else b"",
                             )
                             for i in part
@@ -1841,23 +1893,24 @@ def _set_unlocked_jobs(
     try:
         for index in chosen:
             offset = offsets[index]
-            if not _lock_byte(fd, offset, exclusive=True, wait=False):
+            current = _lock_and_reread_job(fd, offset)
+            if current is None:
                 busy.append(index)
                 continue
             held.append(offset)
-            current = os.pread(fd, 1, offset)
             # A job chosen by --state may have moved on since the file was
             # read (a failed job rerun by `runmaker -r` and now done): then
             # it is no longer selected.
             selected = wanted is None or (current and current[0] in wanted)
             if selected and current and current != byte:
-                os.pwrite(fd, byte, offset)
+                _write_job_state(fd, offset, byte)
                 written = True
             if len(held) >= _SET_BATCH:
-                _release_written_jobs(fd, held, written)
+                _release_job_locks(fd, held, written)
+                held.clear()
                 written = False
     finally:
-        _release_written_jobs(fd, held, written)
+        _release_job_locks(fd, held, written)
     return busy
 
 
@@ -2152,8 +2205,8 @@ def _read_selection(
         keep = set(wanted)
         chosen = [i for i in chosen if states[i] in keep]
     if pattern is not None:
-        offsets, ends = jobfile.offsets, jobfile.ends
-        chosen = [i for i in chosen if pattern.search(_shown(data[offsets[i] + 2 : ends[i]]))]
+        offsets, ends, skip = jobfile.offsets, jobfile.ends, _COMMAND_SKIP
+        chosen = [i for i in chosen if pattern.search(_shown(data[offsets[i] + skip : ends[i]]))]
     return data, states, chosen
 
 
@@ -2206,26 +2259,15 @@ def _probe_running_jobs(jobfile: JobFile, states: bytearray, chosen: Sequence[in
     lost = set()
     for index in running:
         offset = offsets[index]
-        if not _lock_byte(fd, offset, exclusive=False, wait=False):
+        current = _lock_and_reread_job(fd, offset, exclusive=False)
+        if current is None:
             continue  # held: the job is live
-        try:
-            current = os.pread(fd, 1, offset)
-        finally:
-            _unlock_byte(fd, offset)
+        _release_job_locks(fd, (offset,), written=False)
         if current == b"r":
             lost.add(index)
         elif current:
             states[index] = current[0]
     return lost
-
-
-def _release_written_jobs(fd: int, held: list[int], written: bool) -> None:
-    """Make the bytes written durable, then let go of their job locks."""
-    if written:
-        os.fsync(fd)  # before unlocking: over NFS another host reads once it wins the lock
-    for offset in held:
-        _unlock_byte(fd, offset)
-    held.clear()
 
 
 def _summary_text(states: bytearray, chosen: Sequence[int], lost: int, as_json: bool) -> str:
