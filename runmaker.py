@@ -21,6 +21,7 @@ from __future__ import annotations
 import array
 import bisect
 import collections
+import enum
 import errno
 import fcntl
 import json
@@ -45,6 +46,7 @@ __all__ = [
     "APPEND_BYTE",
     "CLICK_CONTEXT",
     "Claim",
+    "IdleReason",
     "JobCounts",
     "JobFile",
     "JobSelection",
@@ -69,6 +71,7 @@ __all__ = [
     "set_job_states",
     "short_hostname",
     "wait_for_jobs",
+    "work_is_over",
 ]
 
 # Lock offsets (SPEC section 3).  Both lie far beyond any real data, so they
@@ -662,6 +665,25 @@ class _Committer:
                 self._cond.notify_all()
 
 
+class IdleReason(str, enum.Enum):
+    """Why a claim got fewer jobs than asked (``idle_reason`` of a JobSource)."""
+
+    WAITING = "waiting"  # a cap, or a barrier whose jobs above still run: it will clear
+    STALE = "stale"  # a lock was held elsewhere, or the view is old: look again later
+    DONE = "done"  # nothing is left that this process could run
+    BLOCKED = "blocked"  # only jobs that a failure holds back (behind a barrier) are left
+
+
+def work_is_over(reason: IdleReason | None, *, running: bool, follow: bool) -> bool:
+    """The end rule of a worker and of a TCP server (SPEC section 4, "Ending").
+
+    One stops once it runs nothing and its source says nothing is left that
+    it could run (DONE) or only jobs that a failure holds back (BLOCKED).
+    WAITING and STALE keep it going, and so does ``follow``, always.
+    """
+    return not running and not follow and reason in (IdleReason.DONE, IdleReason.BLOCKED)
+
+
 @dataclass(eq=False)
 class Claim:
     """A job this process holds the lock of (and, under a cap, a slot lock)."""
@@ -694,10 +716,8 @@ class Scheduler:
         self.held: dict[int, Claim] = {}
         self.held_slots: set[int] = set()
         self.attempted: set[int] = set()
-        # Why the last claim_jobs call claimed fewer jobs than asked:
-        # None, "waiting" (cap or barrier will clear), "stale" (look again
-        # later), "done" (nothing left) or "blocked" (a barrier above failed).
-        self.idle_reason: str | None = None
+        # Why the last claim_jobs call claimed fewer jobs than asked, or None.
+        self.idle_reason: IdleReason | None = None
         self._high: collections.deque[int] = collections.deque()
         self._normal: collections.deque[int] = collections.deque()
         self._done_prefix = 0
@@ -743,12 +763,11 @@ class Scheduler:
         second has passed (more for a huge file: at most ~5% of the time).
         ``idle`` says the caller runs nothing: then a rescan after our own
         last claim or finish is worth its cost before saying there is nothing
-        left.  ``count`` 0 just keeps the directives current.  Sets
-        ``idle_reason``.
+        left.  Sets ``idle_reason``.
         """
         now = time.monotonic()
         fresh = False
-        if count and now - self._last_rescan >= self._rescan_gap():
+        if now - self._last_rescan >= self._rescan_gap():
             self.rescan()
             fresh = True
         elif now - self._last_refresh >= _REFRESH_GAP:
@@ -764,6 +783,18 @@ class Scheduler:
             fresh = True  # the last rescan is recent, and nothing we did since changes it
         self.idle_reason = self._why_idle(fresh) if len(claims) < count else None
         return claims
+
+    def refresh(self) -> None:
+        """Read appended lines (at most every 0.1 s) and adopt a new cap; claim nothing.
+
+        For a worker busy with -j jobs: a cap appended meanwhile counts its
+        running jobs at once.
+        """
+        if time.monotonic() - self._last_refresh >= _REFRESH_GAP:
+            self._refresh()
+        if self.jobfile.max_running is not None:
+            self._adopt_slots()
+        self.idle_reason = None
 
     def finish_job(self, claim: Claim, state: str) -> None:
         """Write a held job's final state byte; ``commit`` then releases it."""
@@ -823,9 +854,9 @@ class Scheduler:
         self._last_identity_check = now
         return self.jobfile.replaced()
 
-    def nothing_left(self) -> str | None:
-        """Without claiming: "done" if no job is left to run, "blocked" if
-        only jobs below a barrier held shut by a failure are, else None.
+    def nothing_left(self) -> IdleReason | None:
+        """Without claiming: DONE if no job is left to run, BLOCKED if only
+        jobs below a barrier held shut by a failure are, else None.
 
         The end rule of a worker, for a TCP server with no client asking.
         Rereads the whole file first.
@@ -840,10 +871,10 @@ class Scheduler:
             if index not in self._releasing and self._runnable(self.states[index], index)
         ]
         if not candidates:
-            return "done"
+            return IdleReason.DONE
         if any(not self._below_open_barrier(index) for index in candidates):
             return None
-        return "blocked" if self._barrier_held_by_failure() else None
+        return IdleReason.BLOCKED if self._barrier_held_by_failure() else None
 
     def describe_block(self) -> str:
         """One line on why pending jobs will not start (for ``blocked``)."""
@@ -1027,14 +1058,16 @@ class Scheduler:
             return False
         return self._done_prefix < barriers[bisect.bisect_right(barriers, index) - 1]
 
-    def _why_idle(self, fresh: bool) -> str:
+    def _why_idle(self, fresh: bool) -> IdleReason:
         if self.jobfile.shrunk:
-            return "stale"  # not "done": the worker must see replaced() and say so
+            return IdleReason.STALE  # not DONE: the worker must see replaced() and say so
         if self._blocked_by == "cap":
-            return "waiting"
+            return IdleReason.WAITING
         if self._blocked_by == "barrier":
-            return "blocked" if fresh and self._barrier_held_by_failure() else "waiting"
-        return "done" if fresh and not self._contended else "stale"
+            if fresh and self._barrier_held_by_failure():
+                return IdleReason.BLOCKED
+            return IdleReason.WAITING
+        return IdleReason.DONE if fresh and not self._contended else IdleReason.STALE
 
     def _barrier_held_by_failure(self) -> bool:
         """True when a failure above the first closed barrier holds it shut.
@@ -1237,9 +1270,11 @@ class _Running:
 class JobSource(Protocol):
     """Where a Worker's jobs come from: a Scheduler on the job file, or a TCP server."""
 
-    idle_reason: str | None
+    idle_reason: IdleReason | None
 
     def claim_jobs(self, count: int, *, idle: bool = False) -> list[Claim]: ...
+
+    def refresh(self) -> None: ...
 
     def finish_job(self, claim: Claim, state: str) -> None: ...
 
@@ -1371,7 +1406,7 @@ class Worker:
             elif self._may_claim() and now >= self._next_look:
                 # Busy with -j jobs: still read new lines now and then, so a
                 # cap appended meanwhile counts our running jobs at once.
-                self.source.claim_jobs(0)
+                self.source.refresh()
                 self._next_look = now + _POLL
             self.source.commit()
             for claim in claims:
@@ -1380,8 +1415,9 @@ class Worker:
             if not self._running and not claims:
                 if not self._may_claim():
                     return
-                if self.source.idle_reason in ("done", "blocked") and not self.options.follow:
-                    if self.source.idle_reason == "blocked":
+                reason = self.source.idle_reason
+                if work_is_over(reason, running=False, follow=self.options.follow):
+                    if reason is IdleReason.BLOCKED:
                         self.notify("runmaker: " + self.source.describe_block())
                     return
             timeout = self._next_timeout(now, waiting=self._may_claim())
