@@ -21,6 +21,7 @@ from __future__ import annotations
 import array
 import bisect
 import collections
+import contextlib
 import enum
 import errno
 import fcntl
@@ -54,6 +55,7 @@ __all__ = [
     "JobWatcher",
     "OneLineErrorCommand",
     "RunmakerError",
+    "RunmakerFailure",
     "SLOT_BASE",
     "STATE_NAMES",
     "Scheduler",
@@ -127,6 +129,25 @@ class RunmakerError(click.ClickException):
     """
 
     exit_code = 2
+
+
+class RunmakerFailure(click.ClickException):
+    """A runtime failure (the file system failed under us): one ``Error:`` line, exit status 1."""
+
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def _failing_as_runtime_error(path: str) -> Iterator[None]:
+    """Turn an OSError of the file system into a RunmakerFailure naming ``path``.
+
+    For the public entry points of runset and runwait: a disk that fails or
+    fills under them is one ``Error:`` line, never a traceback.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise RunmakerFailure(f"{path}: {exc.strerror or exc}") from None
 
 
 # --------------------------------------------------------------------------
@@ -1823,53 +1844,55 @@ def list_jobs(
     count the jobs per state instead (``as_json``: one JSON object).  No
     selection means every job.  The file is read once, under the reading
     lock; only ``r`` jobs are probed.  Raises RunmakerError for a bad
-    selection, before anything is yielded.
+    selection, before anything is yielded, and RunmakerFailure when the
+    file system fails under it.
     """
-    wanted, pattern = _compile_selection(path, selection)
-    jobfile = JobFile(path, writable=False, warn=warn)
-    try:
-        check_file_locking(path, fd=jobfile.fd)
-        data, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
-        lost = _probe_running_jobs(jobfile, states, chosen)
-        if summary:
-            yield _summary_text(states, chosen, len(lost), as_json)
-            return
-        lines, offsets, ends = jobfile.lines, jobfile.offsets, jobfile.ends
-        skip = _COMMAND_SKIP
-        for start in range(0, len(chosen), _LIST_CHUNK):
-            part = chosen[start : start + _LIST_CHUNK]
-            if as_json:
-                yield "".join(
-                    json.dumps(
-                        {
-                            "line": lines[i],
-                            "state": _shown(states[i : i + 1]),
-                            "command": _shown(data[offsets[i] + skip : ends[i]]),
-                            "lost": i in lost,
-                        }
+    with _failing_as_runtime_error(path):
+        wanted, pattern = _compile_selection(path, selection)
+        jobfile = JobFile(path, writable=False, warn=warn)
+        try:
+            check_file_locking(path, fd=jobfile.fd)
+            data, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
+            lost = _probe_running_jobs(jobfile, states, chosen)
+            if summary:
+                yield _summary_text(states, chosen, len(lost), as_json)
+                return
+            lines, offsets, ends = jobfile.lines, jobfile.offsets, jobfile.ends
+            skip = _COMMAND_SKIP
+            for start in range(0, len(chosen), _LIST_CHUNK):
+                part = chosen[start : start + _LIST_CHUNK]
+                if as_json:
+                    yield "".join(
+                        json.dumps(
+                            {
+                                "line": lines[i],
+                                "state": _shown(states[i : i + 1]),
+                                "command": _shown(data[offsets[i] + skip : ends[i]]),
+                                "lost": i in lost,
+                            }
+                        )
+                        + "\n"
+                        for i in part
                     )
-                    + "\n"
-                    for i in part
-                )
-            else:
-                # Formatted as bytes and decoded once per piece: a million
-                # lines in about a second.
-                yield _shown(
-                    b"".join(
-                        [
-                            b"%d: %c - %s%s\n"
-                            % (
-                                lines[i],
-                                states[i],
-                                data[offsets[i] + skip : ends[i]],
-                                b" [lost]" if i in lost else b"",
-                            )
-                            for i in part
-                        ]
+                else:
+                    # Formatted as bytes and decoded once per piece: a million
+                    # lines in about a second.
+                    yield _shown(
+                        b"".join(
+                            [
+                                b"%d: %c - %s%s\n"
+                                % (
+                                    lines[i],
+                                    states[i],
+                                    data[offsets[i] + skip : ends[i]],
+                                    b" [lost]" if i in lost else b"",
+                                )
+                                for i in part
+                            ]
+                        )
                     )
-                )
-    finally:
-        jobfile.close()
+        finally:
+            jobfile.close()
 
 
 def set_job_states(
@@ -1893,30 +1916,32 @@ def set_job_states(
     read are not touched.  Locks are held a batch at a time, never waited for.
 
     Raises RunmakerError when ``state`` is ``r`` or no state ``--set`` may
-    write, when nothing is selected, or for a bad selection.
+    write, when nothing is selected, or for a bad selection; RunmakerFailure
+    when the file system fails under it.
     """
-    target = _settable_state(state)
-    if selection.is_empty():
-        raise RunmakerError(
-            f"{path}: --set needs a selection: JOB numbers or ranges, --all, --state or --grep"
-        )
-    wanted, pattern = _compile_selection(path, selection)
-    jobfile = JobFile(path, writable=True, warn=warn)
-    try:
-        check_file_locking(path, fd=jobfile.fd)
-        _, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
-        fd, offsets = jobfile.fd, jobfile.offsets
-        byte = bytes((target,))
-        busy = [index for index in chosen if states[index] != target]
-        for attempt in range(_SET_TRIES):
-            if attempt:
-                time.sleep(_SET_RETRY_PAUSE)
-            busy = _set_unlocked_jobs(fd, offsets, busy, byte, wanted)
-            if not busy:
-                break
-        return [jobfile.lines[index] for index in busy]
-    finally:
-        jobfile.close()
+    with _failing_as_runtime_error(path):
+        target = _settable_state(state)
+        if selection.is_empty():
+            raise RunmakerError(
+                f"{path}: --set needs a selection: JOB numbers or ranges, --all, --state or --grep"
+            )
+        wanted, pattern = _compile_selection(path, selection)
+        jobfile = JobFile(path, writable=True, warn=warn)
+        try:
+            check_file_locking(path, fd=jobfile.fd)
+            _, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
+            fd, offsets = jobfile.fd, jobfile.offsets
+            byte = bytes((target,))
+            busy = [index for index in chosen if states[index] != target]
+            for attempt in range(_SET_TRIES):
+                if attempt:
+                    time.sleep(_SET_RETRY_PAUSE)
+                busy = _set_unlocked_jobs(fd, offsets, busy, byte, wanted)
+                if not busy:
+                    break
+            return [jobfile.lines[index] for index in busy]
+        finally:
+            jobfile.close()
 
 
 def _set_unlocked_jobs(
@@ -1970,38 +1995,40 @@ def append_jobs(
     jobs appended.
 
     Raises RunmakerError for an empty command, one with a line break in it,
-    or a ``max_running`` that is neither a whole number nor ``"none"``.
+    or a ``max_running`` that is neither a whole number nor ``"none"``;
+    RunmakerFailure when the file system fails under it (a full disk).
     """
-    state = b"+ " if high else b". "
-    parts: list[bytes] = []
-    if max_running is not None:
-        if not _MAX_RUNNING_ARG.match(str(max_running)):
-            raise RunmakerError(
-                f"{path}: max-running takes a whole number or 'none', not {max_running!r}"
-            )
-        parts.append(b"#runmaker max-running %s\n" % str(max_running).encode())
-    if barrier:
-        parts.append(b"#runmaker barrier\n")
-    count = 0
-    for command in commands:
-        command = command.rstrip(_TRAILING_SPACE)
-        if not command:
-            raise RunmakerError(f"{path}: cannot add an empty command")
-        if b"\n" in command or b"\r" in command:
-            raise RunmakerError(
-                f"{path}: a command must fit on one line: {_shown(command)!r}"
-            )
-        parts.append(state + command + b"\n")
-        count += 1
-    if not parts:
-        return 0
-    fd = _open_job_file(path, writable=True)
-    try:
-        check_file_locking(path, fd=fd)
-        append_to_shared_file(fd, b"".join(parts))
-    finally:
-        os.close(fd)
-    return count
+    with _failing_as_runtime_error(path):
+        state = b"+ " if high else b". "
+        parts: list[bytes] = []
+        if max_running is not None:
+            if not _MAX_RUNNING_ARG.match(str(max_running)):
+                raise RunmakerError(
+                    f"{path}: max-running takes a whole number or 'none', not {max_running!r}"
+                )
+            parts.append(b"#runmaker max-running %s\n" % str(max_running).encode())
+        if barrier:
+            parts.append(b"#runmaker barrier\n")
+        count = 0
+        for command in commands:
+            command = command.rstrip(_TRAILING_SPACE)
+            if not command:
+                raise RunmakerError(f"{path}: cannot add an empty command")
+            if b"\n" in command or b"\r" in command:
+                raise RunmakerError(
+                    f"{path}: a command must fit on one line: {_shown(command)!r}"
+                )
+            parts.append(state + command + b"\n")
+            count += 1
+        if not parts:
+            return 0
+        fd = _open_job_file(path, writable=True)
+        try:
+            check_file_locking(path, fd=fd)
+            append_to_shared_file(fd, b"".join(parts))
+        finally:
+            os.close(fd)
+        return count
 
 
 @dataclass
@@ -2125,35 +2152,37 @@ def wait_for_jobs(
     the first look.  Lost jobs count as errors and are not waited for.
     Returns the last look, with its unsuccessful jobs named; when
     ``timeout`` seconds pass first, with ``timed_out`` set.  Raises
-    RunmakerError as JobWatcher.look does.
+    RunmakerError as JobWatcher.look does, and RunmakerFailure when the
+    file system fails under it.
     """
-    watcher = JobWatcher(path, warn=warn)
-    try:
-        check_file_locking(path, fd=watcher.jobfile.fd)
-        started = time.monotonic()
-        first_processed: int | None = None
-        while True:
-            counts = watcher.look()
-            now = time.monotonic()
-            counts.elapsed = now - started
-            if first_processed is None:
-                first_processed = counts.processed
-            finished_since = counts.processed - first_processed
-            if finished_since > 0 and counts.elapsed > 0:
-                counts.eta = (counts.pending + counts.running) * counts.elapsed / finished_since
-            counts.timed_out = (
-                not counts.finished and timeout is not None and counts.elapsed >= timeout
-            )
-            if counts.finished or counts.timed_out:
-                counts.unsuccessful = watcher.name_unsuccessful_jobs()
-            if progress is not None:
-                progress(counts)
-            if counts.finished or counts.timed_out:
-                return counts
-            pause = interval if timeout is None else min(interval, timeout - counts.elapsed)
-            time.sleep(max(pause, 0.0))
-    finally:
-        watcher.close()
+    with _failing_as_runtime_error(path):
+        watcher = JobWatcher(path, warn=warn)
+        try:
+            check_file_locking(path, fd=watcher.jobfile.fd)
+            started = time.monotonic()
+            first_processed: int | None = None
+            while True:
+                counts = watcher.look()
+                now = time.monotonic()
+                counts.elapsed = now - started
+                if first_processed is None:
+                    first_processed = counts.processed
+                finished_since = counts.processed - first_processed
+                if finished_since > 0 and counts.elapsed > 0:
+                    counts.eta = (counts.pending + counts.running) * counts.elapsed / finished_since
+                counts.timed_out = (
+                    not counts.finished and timeout is not None and counts.elapsed >= timeout
+                )
+                if counts.finished or counts.timed_out:
+                    counts.unsuccessful = watcher.name_unsuccessful_jobs()
+                if progress is not None:
+                    progress(counts)
+                if counts.finished or counts.timed_out:
+                    return counts
+                pause = interval if timeout is None else min(interval, timeout - counts.elapsed)
+                time.sleep(max(pause, 0.0))
+        finally:
+            watcher.close()
 
 
 def progress_cells(counts: JobCounts, width: int = _PROGRESS_CELLS) -> str:

@@ -37,6 +37,7 @@ from runmaker import (
     IdleReason,
     JobFile,
     RunmakerError,
+    RunmakerFailure,
     Scheduler,
     Worker,
     WorkerOptions,
@@ -175,10 +176,8 @@ class _ConnectionGone(_PeerError):
     """The connection itself ended: closed, reset or timed out."""
 
 
-class _ServerGone(click.ClickException):
+class _ServerGone(RunmakerFailure):
     """A client found no server for longer than it waits: one ``Error:`` line, exit status 1."""
-
-    exit_code = 1
 
 
 class _Interrupted(Exception):
