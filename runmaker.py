@@ -36,6 +36,7 @@ import stat
 import sys
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Iterator, Protocol, Sequence
 
@@ -1248,7 +1249,7 @@ class _Records:
 # --------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class WorkerOptions:
     """What a worker does with the jobs it claims (the command's options)."""
 
@@ -2388,7 +2389,7 @@ def run_worker(
     jobfile = JobFile(path, warn=notify)
     try:
         check_file_locking(path, fd=jobfile.fd)
-        options.job_file = os.path.abspath(path)
+        options = dataclasses.replace(options, job_file=os.path.abspath(path))
         records = _Records(options, jobfile.identity)
         for fd, name, what in (
             (jobfile.fd, path, "its lines run as you"),
@@ -2413,7 +2414,7 @@ def run_worker(
 # The command
 # --------------------------------------------------------------------------
 
-@dataclass
+@dataclass(frozen=True)
 class _TcpCommand:
     """The TCP options of ``main``, checked against the rest."""
 
@@ -2424,17 +2425,9 @@ class _TcpCommand:
     token: str | None
     timings: str | None  # the hidden --tcp-timings: NAME=SECONDS,... (for tests)
 
-    @classmethod
-    def pop_from(cls, opts: dict[str, object]) -> _TcpCommand:
-        tcp = cls(
-            serve=bool(opts.pop("serve")),
-            connect=opts.pop("connect"),  # type: ignore[arg-type]
-            bind=opts.pop("bind"),  # type: ignore[arg-type]
-            port=opts.pop("port"),  # type: ignore[arg-type]
-            token=opts.pop("token"),  # type: ignore[arg-type]
-            timings=opts.pop("tcp_timings"),  # type: ignore[arg-type]
-        )
-        given = _given_options()
+    def check(self, given: set[str]) -> None:
+        """Refuse options that do not go with the mode (``given``: the options given)."""
+        tcp = self
         if tcp.serve and tcp.connect:
             raise click.UsageError("--serve and --connect exclude each other")
         if tcp.serve:
@@ -2455,7 +2448,6 @@ class _TcpCommand:
             wrong = given & {"bind", "port", "token"}
             if wrong:
                 raise click.UsageError(f"{_flags(wrong)}: only with --serve or --connect")
-        return tcp
 
     def run(self, file: str | None, options: WorkerOptions, *, retry: bool,
             console: BinaryIO, notify: Callable[[str], None]) -> int:
@@ -2525,17 +2517,17 @@ class OneLineErrorCommand(click.Command):
 
 
 @click.command(cls=OneLineErrorCommand, context_settings=CLICK_CONTEXT)
-@click.argument("file", required=False)
+@click.argument("file", required=False, type=click.Path())
 @click.option("-j", "--jobs", type=click.IntRange(min=0), default=1, show_default=True,
               help="Jobs run at once by this worker; 0 = the CPUs this process may use.")
 @click.option("-r", "--retry", is_flag=True, help="Also run failed (!) and error (e) jobs, once each.")
-@click.option("-l", "--logfile", metavar="FILE",
+@click.option("-l", "--logfile", type=click.Path(), metavar="FILE",
               help="Append each finished job's block (last -n lines) to this shared log.")
 @click.option("-n", "--loglines", type=click.IntRange(min=0), default=3, show_default=True,
               help="Lines of a job kept in its log block, its status line included; 0 = all.")
 @click.option("-1", "--one-only", is_flag=True, help="Claim nothing more once one job succeeded.")
-@click.option("--logdir", metavar="DIR", help="Write every job's output to DIR/LINE.out and DIR/LINE.err.")
-@click.option("--joblog", metavar="FILE", help="Append a GNU parallel job log row per finished job.")
+@click.option("--logdir", type=click.Path(), metavar="DIR", help="Write every job's output to DIR/LINE.out and DIR/LINE.err.")
+@click.option("--joblog", type=click.Path(), metavar="FILE", help="Append a GNU parallel job log row per finished job.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop a job after SECONDS (SIGTERM, SIGKILL 5 s later); it ends '!'.")
 @click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True,
@@ -2554,7 +2546,12 @@ class OneLineErrorCommand(click.Command):
 @click.option("--tcp-timings", metavar="NAME=SECONDS,...", hidden=True,
               help="The TCP protocol's deadlines (runmaker_tcp.TcpTimings); for tests.")
 @click.version_option(__version__, "--version", prog_name="runmaker")
-def main(**opts: object) -> None:
+def main(
+    file: str | None, jobs: int, retry: bool, logfile: str | None, loglines: int, one_only: bool,
+    logdir: str | None, joblog: str | None, timeout: float | None, retries: int, follow: bool,
+    quiet: bool, serve: bool, connect: str | None, bind: str | None, port: int,
+    token: str | None, tcp_timings: str | None,
+) -> None:
     """Run the pending jobs of FILE, up to -j at a time, with any number of
     other workers on this or other hosts sharing FILE.
 
@@ -2564,17 +2561,19 @@ def main(**opts: object) -> None:
         runmaker --serve runs.txt                        (on the host with the file)
         runmaker --connect lab-ws --token TOKEN -j8      (on each other host)
     """
-    file = opts.pop("file")
-    retry = bool(opts.pop("retry"))
-    tcp = _TcpCommand.pop_from(opts)
-    if not file and not tcp.connect:
+    tcp = _TcpCommand(serve, connect, bind, port, token, tcp_timings)
+    tcp.check(_given_options())
+    if not file and not connect:
         raise click.UsageError("missing the job FILE")
-    jobs = int(opts.pop("jobs")) or len(os.sched_getaffinity(0))  # type: ignore[call-overload]
-    options = WorkerOptions(jobs=jobs, **opts)  # type: ignore[arg-type]
-    if tcp.serve or tcp.connect:
-        sys.exit(tcp.run(file, options, retry=retry, console=sys.stdout.buffer, notify=echo_to_stderr))  # type: ignore[arg-type]
-    code = run_worker(str(file), options, retry=retry, console=sys.stdout.buffer, notify=echo_to_stderr)
-    sys.exit(code)
+    options = WorkerOptions(
+        jobs=jobs or len(os.sched_getaffinity(0)), one_only=one_only, quiet=quiet, follow=follow,
+        timeout=timeout, retries=retries, logfile=logfile, loglines=loglines, logdir=logdir,
+        joblog=joblog,
+    )
+    console, notify = sys.stdout.buffer, echo_to_stderr
+    if serve or connect:
+        sys.exit(tcp.run(file, options, retry=retry, console=console, notify=notify))
+    sys.exit(run_worker(str(file), options, retry=retry, console=console, notify=notify))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ The contract is SPEC.md section 7.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import errno
 import hashlib
 import hmac
@@ -1282,10 +1283,10 @@ class _TcpClient:
             delay = min(2 * delay, self.timings.backoff_max)
 
     def _run_jobs(self, remote: _RemoteSource, welcome: dict[str, object]) -> int:
-        self.options.job_file = str(welcome["file"])
-        self.notify(f"runmaker: connected to {self.name}, serving {self.options.job_file}")
+        options = dataclasses.replace(self.options, job_file=str(welcome["file"]))
+        self.notify(f"runmaker: connected to {self.name}, serving {options.job_file}")
         try:
-            worker = Worker(remote, self.options, self.records, console=self.console,
+            worker = Worker(remote, options, self.records, console=self.console,
                             notify=self.notify, link=remote)
             code = worker.run()
         finally:
