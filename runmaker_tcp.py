@@ -49,6 +49,7 @@ from runmaker import (
     _write_all,
     check_file_locking,
     short_hostname,
+    stop_signals_waking,
     work_is_over,
 )
 
@@ -522,25 +523,15 @@ class _Server:
         self._next_look = 0.0
 
     def run(self) -> int:
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._poller.register(wake_r, select.POLLIN)
-        self._poller.register(self._listener.fileno(), select.POLLIN)
-        previous_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        previous = {
-            sig: signal.signal(sig, self._on_signal)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        }
-        try:
-            self._loop(wake_r)
-            self._say_goodbye(wake_r)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            signal.set_wakeup_fd(previous_wakeup)
-            for peer in self._peers.values():
-                peer.channel.close()
-            os.close(wake_r)
-            os.close(wake_w)
+        with stop_signals_waking(self._on_signal) as wake_r:
+            self._poller.register(wake_r, select.POLLIN)
+            self._poller.register(self._listener.fileno(), select.POLLIN)
+            try:
+                self._loop(wake_r)
+                self._say_goodbye(wake_r)
+            finally:
+                for peer in self._peers.values():
+                    peer.channel.close()
         if self._signals_seen:
             return _EXIT_SIGNALLED
         return 1 if self._failures or self._replaced else 0
