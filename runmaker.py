@@ -22,6 +22,7 @@ import array
 import bisect
 import collections
 import contextlib
+import dataclasses
 import enum
 import errno
 import fcntl
@@ -36,9 +37,9 @@ import stat
 import sys
 import threading
 import time
-import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterable, Iterator, Literal, Protocol, Sequence
+from typing import Any, BinaryIO, Literal, Protocol
 
 import click
 
@@ -331,7 +332,7 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _shown(command: bytes) -> str:
+def _shown(command: bytes | bytearray) -> str:
     """A command as the user reads it: undecodable bytes replaced."""
     return command.decode("utf-8", "replace")
 
@@ -461,7 +462,8 @@ class JobFile:
         self._tail: tuple[int, int, int, int, int | None] | None = None
         self._warn = warn
         self._warned: set[int] = set()
-        self._getter: tuple[int, Callable[[bytes], object]] | None = None
+        # itemgetter of every state byte's offset: a tuple of ints, or one int for one job.
+        self._getter: tuple[int, Callable[[bytes], Any]] | None = None
 
     def close(self) -> None:
         os.close(self.fd)
@@ -501,7 +503,7 @@ class JobFile:
             if self._getter is None or self._getter[0] != count:
                 self._getter = (count, operator.itemgetter(*self.offsets))
             got = self._getter[1](data)
-            return bytes(got) if count > 1 else bytes((got,))  # type: ignore[arg-type]
+            return bytes(got) if count > 1 else bytes((got,))
         return bytes(data[self.offsets[i] - base] for i in range(first, len(self.offsets)))
 
     def command(self, index: int) -> bytes:
@@ -935,7 +937,7 @@ class Scheduler:
         self._normal.extend(m.start() for m in pattern.finditer(states, first))
 
     def _runnable(self, state: int, index: int) -> bool:
-        if state == _PENDING or state == _HIGH:
+        if state in (_PENDING, _HIGH):
             return True
         return self.retry and state in (_FAILED, _ERROR) and index not in self.attempted
 
@@ -967,7 +969,7 @@ class Scheduler:
                     claims.append(claim)
         return claims
 
-    def _claim(self, index: int) -> Claim | None | bool:
+    def _claim(self, index: int) -> Claim | None | Literal[False]:
         """Claim one job; None if it is not to be had, False if no slot is free."""
         slot = None
         if self.jobfile.max_running is not None:
@@ -2575,7 +2577,7 @@ class OneLineErrorCommand(click.Command):
     def main(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
         kwargs["standalone_mode"] = False
         try:
-            code = super().main(*args, **kwargs)  # type: ignore[arg-type]
+            code = super().main(*args, **kwargs)  # type: ignore[call-overload]
         except click.ClickException as exc:
             program = kwargs.get("prog_name") or os.path.basename(sys.argv[0]) or self.name
             hint = f" (see '{program} --help')" if isinstance(exc, click.UsageError) else ""
@@ -2597,8 +2599,10 @@ class OneLineErrorCommand(click.Command):
 @click.option("-n", "--loglines", type=click.IntRange(min=0), default=3, show_default=True,
               help="Lines of a job kept in its log block, its status line included; 0 = all.")
 @click.option("-1", "--one-only", is_flag=True, help="Claim nothing more once one job succeeded.")
-@click.option("--logdir", type=click.Path(), metavar="DIR", help="Write every job's output to DIR/LINE.out and DIR/LINE.err.")
-@click.option("--joblog", type=click.Path(), metavar="FILE", help="Append a GNU parallel job log row per finished job.")
+@click.option("--logdir", type=click.Path(), metavar="DIR",
+              help="Write every job's output to DIR/LINE.out and DIR/LINE.err.")
+@click.option("--joblog", type=click.Path(), metavar="FILE",
+              help="Append a GNU parallel job log row per finished job.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop a job after SECONDS (SIGTERM, SIGKILL 5 s later); it ends '!'.")
 @click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True,

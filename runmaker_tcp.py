@@ -22,8 +22,9 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import click
 
@@ -157,7 +158,7 @@ class TcpTimings:
     def from_text(cls, text: str) -> TcpTimings:
         """Timings from ``NAME=SECONDS,...`` (the hidden option); raises ValueError."""
         values: dict[str, float] = {}
-        names = {f for f in cls.__dataclass_fields__}
+        names = set(cls.__dataclass_fields__)
         for item in filter(None, text.split(",")):
             name, equals, value = item.partition("=")
             name = name.strip().replace("-", "_")
@@ -600,7 +601,9 @@ class _Server:
                 if now - channel.last_sent >= self.timings.heartbeat:
                     self._send(peer, {"t": "ping"})
                 wake_at = min(
-                    wake_at, channel.last_sent + self.timings.heartbeat, channel.last_received + self.timings.server_silence
+                    wake_at,
+                    channel.last_sent + self.timings.heartbeat,
+                    channel.last_received + self.timings.server_silence,
                 )
         if self._lost:
             due = [claims for moment, claims in self._lost if moment <= now]
@@ -1010,7 +1013,10 @@ class _RemoteSource:
         if self._done or self.channel.sending:
             return 0.0 if self._done else 0.05
         channel = self.channel
-        moment = min(channel.last_sent + self.timings.heartbeat, channel.last_received + self.timings.client_silence)
+        moment = min(
+            channel.last_sent + self.timings.heartbeat,
+            channel.last_received + self.timings.client_silence,
+        )
         return max(0.0, moment - now)
 
     def broken(self) -> str | None:
