@@ -16,21 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Procs, command, read_int, states, wait_for, write_jobs
+from conftest import (
+    Procs,
+    command,
+    group_running,
+    read_int,
+    states,
+    wait_for,
+    write_jobs,
+)
 
 pytestmark = pytest.mark.timeout(40)
 
 STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 WAIT_FOR_GO = "touch started.$RUNMAKER_LINE; while [ ! -e go ]; do sleep 0.01; done"
 FOREVER = "echo $$ > pid.$RUNMAKER_LINE; while :; do sleep 0.05; done"
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def kill_groups(pgids: list[int]) -> None:
@@ -147,7 +147,7 @@ def test_requeue_stops_running_jobs_and_puts_each_back_as_it_was(tmp_path, procs
     try:
         worker.send_signal(signum)
         assert worker.wait(timeout=10) == 130
-        assert not any(group_alive(pgid) for pgid in pgids)
+        assert not any(group_running(pgid) for pgid in pgids)
     finally:
         kill_groups(pgids)
     assert states(path) == "+.!.d"  # each as it was before it was claimed
@@ -170,12 +170,14 @@ def test_requeue_kills_a_job_that_ignores_sigterm_after_five_seconds(tmp_path, p
     pgid = wait_for(lambda: read_int(tmp_path / "pid.1"), what="the job")
     try:
         worker.send_signal(signal.SIGTERM)
-        wait_for(lambda: states(path) == "r" and group_alive(pgid), timeout=3, what="the job to go on")
+        wait_for(lambda: states(path) == "r" and group_running(pgid), timeout=3, what="the job to go on")
         assert worker.wait(timeout=15) == 130
-        assert not group_alive(pgid)
+        assert not group_running(pgid)
     finally:
         kill_groups([pgid])
     assert states(path) == "."
+    assert worker.stderr.read() == (
+        b"runmaker: SIGTERM: stopping 1 running job and putting it back (--requeue)\n")
     row = (tmp_path / "jobs.tsv").read_text().splitlines()[1].split("\t")
     assert (row[6], row[7]) == ("-1", "9")
     assert float(row[3]) >= 4.5  # the 5 s grace after SIGTERM
@@ -192,7 +194,8 @@ def start_worker_in(tmp_path: Path, procs: Procs, args: list[str], *, env: dict[
     enter = f'echo $$ > "{cgroup / "cgroup.procs"}" && ' if cgroup else ""
     worker = subprocess.Popen(
         ["/bin/sh", "-c", f'{enter}exec "$@"', "sh", *command("runmaker"), *args],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        cwd=tmp_path, env=procs.env(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL)
     procs.procs.append(worker)
     return worker
 

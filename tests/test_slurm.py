@@ -43,8 +43,8 @@ def _why_no_slurm() -> str | None:
         return "the Slurm tests need root (slurmd runs the jobs, munged and the namespace need root)"
     missing = [tool for tool in _TOOLS if shutil.which(tool) is None]
     if missing:
-        return (f"the Slurm tests need slurm-wlm, munge, iproute2 and util-linux (missing: {' '.join(missing)}); "
-                ".ci/run installs slurm-wlm and munge when run as root")
+        return ("the Slurm tests need slurm-wlm, munge, iproute2 and util-linux "
+                f"(missing: {' '.join(missing)}); .ci/run installs slurm-wlm and munge when run as root")
     return None
 
 
@@ -372,8 +372,8 @@ def test_an_array_runs_every_job_exactly_once(cluster: Cluster) -> None:
     job = cluster.submit(work, "--array=1-4", "--cpus-per-task=1", "--time=5",
                          str(SCRIPT), str(jobs), "--joblog", "runs.joblog")
     tasks = cluster.wait_tasks(job, 4, timeout=180)
-    assert {t: (task.state, task.exit_code) for t, task in tasks.items()} == {
-        t: ("COMPLETED", "0:0") for t in (1, 2, 3, 4)}
+    assert {t: (task.state, task.exit_code) for t, task in tasks.items()} == dict.fromkeys(
+        (1, 2, 3, 4), ("COMPLETED", "0:0"))
     assert states(jobs) == "d" * 60
     ran = marks(work)
     assert sorted(line for line, _ in ran) == list(range(1, 61))
@@ -409,7 +409,8 @@ def test_a_throttled_array_runs_at_most_that_many_tasks_at_once(cluster: Cluster
 @pytest.mark.timeout(240)
 def test_a_cancelled_tasks_job_goes_back_and_runs_once(cluster: Cluster) -> None:
     work = cluster.work / "cancel"
-    jobs = job_file(work, [f"echo $RUNMAKER_LINE $SLURM_ARRAY_TASK_ID >> started; sleep 3; {_MARKED_JOB}"] * 12)
+    job_line = f"echo $RUNMAKER_LINE $SLURM_ARRAY_TASK_ID >> started; sleep 3; {_MARKED_JOB}"
+    jobs = job_file(work, [job_line] * 12)
     job = cluster.submit(work, "--array=1-3", "--cpus-per-task=1", "--time=5", str(SCRIPT), str(jobs))
     wait_for(lambda: states(jobs).count("r") == 3, timeout=120, what="three running jobs")
     cluster.run("scancel", f"{job}_2")
@@ -433,7 +434,8 @@ def test_a_cancelled_tasks_job_goes_back_and_runs_once(cluster: Cluster) -> None
 def test_a_missing_job_file_fails_each_task_with_the_usage_line(cluster: Cluster) -> None:
     work = cluster.work / "missing"
     work.mkdir()
-    job = cluster.submit(work, "--array=1-2", "--cpus-per-task=1", "--time=5", str(SCRIPT), "no-such-runs.txt")
+    job = cluster.submit(work, "--array=1-2", "--cpus-per-task=1", "--time=5", str(SCRIPT),
+                         "no-such-runs.txt")
     tasks = cluster.wait_tasks(job, 2, timeout=60)
     assert {(task.state, task.exit_code) for task in tasks.values()} == {("FAILED", "2:0")}
     out = (work / f"runmaker-{job}_1.out").read_text()
