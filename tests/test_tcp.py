@@ -211,6 +211,7 @@ def test_proofs_differ_by_direction() -> None:
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("args, message", [
     (["--serve", "-j2", "runs.txt"], "--jobs: --serve runs no jobs itself"),
+    (["--serve", "--requeue", "runs.txt"], "--requeue: --serve runs no jobs itself"),
     (["--connect", "h", "--token", "t", "runs.txt"], "--connect takes no FILE"),
     (["--connect", "h", "--token", "t", "--retry"], "--retry: an option of the server"),
     (["--port", "7", "runs.txt"], "--port: only with --serve or --connect"),
