@@ -25,6 +25,7 @@ import errno
 import fcntl
 import hashlib
 import hmac
+import itertools
 import json
 import operator
 import os
@@ -111,6 +112,11 @@ _READ_CHUNK = 1 << 16
 _INDEX_CHUNK = 1 << 20  # bytes of the job file split into lines at once
 _REFRESH_GAP = 0.1  # seconds between looks for appended lines while busy
 _POLL = 0.5  # seconds between looks while waiting for a cap, barrier or work
+# A worker's rescans of the unfinished part of the file: at most these many
+# bytes a second (on NFS, 200 workers' rescans are one server's load).
+_RESCAN_RATE = 256 << 10
+_PEEK_EXTRA = 16  # jobs read beyond 2 per wanted one at the queue heads
+_PEEK_BYTES = 16 << 10  # at most this much of the file read at each queue head
 _KILL_GRACE = 5.0  # seconds from SIGTERM to SIGKILL
 _EXIT_SIGNALLED = 130
 
@@ -253,6 +259,16 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
+def _gather(data: bytes, base: int, offsets: Iterable[int]) -> bytes:
+    """The bytes of ``data`` (read at file offset ``base``) at these file offsets.
+
+    Two C-level maps: no list or tuple of a million ints is ever built.
+    """
+    if base:
+        offsets = map(operator.sub, offsets, itertools.repeat(base))
+    return bytes(map(data.__getitem__, offsets))
+
+
 def _shown(command: bytes) -> str:
     """A command as the user reads it: undecodable bytes replaced."""
     return command.decode("utf-8", "replace")
@@ -383,7 +399,8 @@ class JobFile:
         self._tail: tuple[int, int, int, int, int | None] | None = None
         self._warn = warn
         self._warned: set[int] = set()
-        self._getter: tuple[int, Callable[[bytes], object]] | None = None
+        # Line ranges of ``#runmaker set`` notices not yet taken (take_set_notices).
+        self._set_notices: list[tuple[int, int]] = []
 
     def close(self) -> None:
         os.close(self.fd)
@@ -415,16 +432,39 @@ class JobFile:
 
     def states_of(self, data: bytes, base: int = 0, first: int = 0) -> bytes:
         """The state bytes of jobs ``first..`` found in ``data`` (read at ``base``)."""
-        count = len(self.offsets) - first
-        if count <= 0:
-            return b""
-        if base == 0 and first == 0:
-            # One C call for every state byte: cached per job count.
-            if self._getter is None or self._getter[0] != count:
-                self._getter = (count, operator.itemgetter(*self.offsets))
-            got = self._getter[1](data)
-            return bytes(got) if count > 1 else bytes((got,))  # type: ignore[arg-type]
-        return bytes(data[self.offsets[i] - base] for i in range(first, len(self.offsets)))
+        return _gather(data, base, itertools.islice(self.offsets, first, None))
+
+    def states_between(self, first: int, last: int) -> bytes:
+        """Read the state bytes of jobs ``first..last-1`` from the file now.
+
+        Reads only the stretch of the file from the first one's state byte
+        to the last one's, a piece at a time (never the bytes before or
+        after it), under the reading lock.
+        """
+        parts = []
+        with _ReadingLock(self.fd):
+            while first < last:
+                start = self.offsets[first]
+                # The jobs whose state bytes lie in the next piece.
+                stop = bisect.bisect_right(self.offsets, start + _INDEX_CHUNK, first + 1, last)
+                data = os.pread(self.fd, self.offsets[stop - 1] + 1 - start, start)
+                parts.append(self._gathered(data, start, first, stop))
+                first = stop
+        return b"".join(parts)
+
+    def _gathered(self, data: bytes, base: int, first: int, stop: int) -> bytes:
+        """The state bytes of jobs ``first..stop-1`` in ``data``; a cut file reads as ``d``."""
+        if len(data) < self.offsets[stop - 1] + 1 - base:
+            data += b"d" * (self.offsets[stop - 1] + 1 - base - len(data))
+        return _gather(data, base, itertools.islice(self.offsets, first, stop))
+
+    def take_set_notices(self) -> list[tuple[int, int]]:
+        """The line ranges named by ``#runmaker set`` lines indexed since the last call.
+
+        ``(1, 0)`` stands for a notice without lines: every line may have changed.
+        """
+        notices, self._set_notices = self._set_notices, []
+        return notices
 
     def command(self, index: int) -> bytes:
         """The command of job ``index``, read from the file (it never changes)."""
@@ -524,8 +564,22 @@ class JobFile:
                 self.max_running_peak = max(self.max_running_peak, self.max_running)
             else:
                 self._warn_line(line, "max-running takes a whole number or 'none'")
+        elif words[:1] == [b"set"]:
+            self._set_notice(words[1:], line)
         else:
-            self._warn_line(line, "unknown #runmaker directive (known: max-running N|none, barrier)")
+            self._warn_line(line, "unknown #runmaker directive (known: max-running N|none, barrier, set)")
+
+    def _set_notice(self, specs: list[bytes], line: int) -> None:
+        """``#runmaker set [LINE|A-B]...``: state bytes of these lines changed in place."""
+        ranges = []
+        for spec in specs:
+            match = _JOB_SPEC.match(spec.decode("ascii", "replace"))
+            if match is None:
+                self._warn_line(line, "set takes line numbers and ranges A-B")
+                ranges = [(1, 0)]  # reread everything rather than miss a change
+                break
+            ranges.append((int(match[1]), int(match[2] or match[1])))
+        self._set_notices.extend(ranges or [(1, 0)])
 
     def _warn_line(self, line: int, why: str) -> None:
         if self._warn is None or line in self._warned:
@@ -664,19 +718,37 @@ class Scheduler:
 
     # -- public ------------------------------------------------------------
 
-    def rescan(self) -> None:
-        """Reread every state byte; mark lost jobs ``e``; rebuild the queues."""
+    def rescan(self, *, whole: bool = True) -> None:
+        """Reread state bytes; mark lost jobs ``e``; rebuild the queues.
+
+        ``whole``: every state byte of the file.  Otherwise only from the
+        finished prefix on (every job above it is ``d`` or ``-``, which only
+        ``runset --set`` changes, and it says so with a ``#runmaker set``
+        notice that _refresh follows), after reading what was appended.
+        """
         started = time.monotonic()
-        data, _, _ = self.jobfile.read(whole=True)
-        if self.jobfile.shrunk:
-            return  # our offsets point past its end now: claim nothing (see _why_idle)
-        states = bytearray(self.jobfile.states_of(data))
+        if whole:
+            data, _, _ = self.jobfile.read(whole=True)
+            if self.jobfile.shrunk:
+                return  # our offsets point past its end now: claim nothing (see _why_idle)
+            states = bytearray(self.jobfile.states_of(data))
+            del data
+            self.jobfile.take_set_notices()  # every byte was just read
+            first = 0
+        else:
+            self._refresh()
+            if self.jobfile.shrunk:
+                return
+            first = self._done_prefix
+            states = self.states
+            states[first:] = self.jobfile.states_between(first, len(self.jobfile.offsets))
         for index in self.held:
             states[index] = _RUNNING
         self.states = states
-        self._mark_lost_jobs()
+        self._mark_lost_jobs(first)
         self._rebuild_queues(0)
-        self._done_prefix = 0
+        if whole:
+            self._done_prefix = 0
         self._advance_done_prefix()
         now = time.monotonic()
         self._last_rescan = self._last_refresh = now
@@ -686,9 +758,13 @@ class Scheduler:
     def claim_jobs(self, count: int, *, idle: bool = False) -> list[Claim]:
         """Claim up to ``count`` jobs: lock, reread, write ``r`` (no fsync yet).
 
-        Appended lines are read every 0.1 s; the whole file (for states
-        changed in place, such as ``runset --set``) is reread when half a
-        second has passed (more for a huge file: at most ~5% of the time).
+        Appended lines (and ``#runmaker set`` notices of states changed in
+        place) are read every 0.1 s; the state bytes below the finished
+        prefix (for jobs lost, or changed by hand) are reread when half a
+        second has passed, and no more often than _RESCAN_RATE bytes a
+        second and ~5% of the time allow.  Before locking, the state bytes
+        around the head of the queues are read once (_peek_queue_heads), so
+        jobs others took are skipped without a lock attempt each.
         ``idle`` says the caller runs nothing: then a rescan after our own
         last claim or finish is worth its cost before saying there is nothing
         left.  ``count`` 0 just keeps the directives current.  Sets
@@ -697,15 +773,18 @@ class Scheduler:
         now = time.monotonic()
         fresh = False
         if count and now - self._last_rescan >= self._rescan_gap():
-            self.rescan()
+            self.rescan(whole=False)
             fresh = True
-        elif now - self._last_refresh >= _REFRESH_GAP:
+        elif now - self._last_refresh >= _REFRESH_GAP / 2:
+            # Half the gap: a caller that looks every _REFRESH_GAP reads at each look.
             self._refresh()
+        if count and not fresh:
+            self._peek_queue_heads(count)
         if self.jobfile.max_running is not None:
             self._adopt_slots()
         claims = self._claim_from_queues(count)
         if len(claims) < count and not fresh and idle and self._acted_since_rescan:
-            self.rescan()
+            self.rescan(whole=False)
             fresh = True
             claims += self._claim_from_queues(count - len(claims))
         elif not self._acted_since_rescan:
@@ -776,9 +855,9 @@ class Scheduler:
         only jobs below a barrier held shut by a failure are, else None.
 
         The end rule of a worker, for a TCP server with no client asking.
-        Rereads the whole file first.
+        Rereads the file below the finished prefix first.
         """
-        self.rescan()
+        self.rescan(whole=False)
         if self.jobfile.shrunk:
             return None  # the caller's replaced() check says so
         candidates = [
@@ -810,11 +889,63 @@ class Scheduler:
         before = len(self.states)
         data, base, first_new = self.jobfile.read()
         self._last_refresh = time.monotonic()
-        if first_new >= len(self.jobfile.offsets) and first_new >= before:
+        if first_new < len(self.jobfile.offsets) or first_new < before:
+            del self.states[first_new:]
+            self.states += self.jobfile.states_of(data, base, first_new)
+            self._rebuild_queues(first_new)
+        del data
+        self._follow_set_notices()
+
+    def _follow_set_notices(self) -> None:
+        """Reread the state bytes that ``#runmaker set`` notices name.
+
+        ``runset --set`` appends one after it changed state bytes in place
+        (written, fsynced and unlocked first), so following the appended
+        lines is enough to see every such change, however large the file.
+        """
+        notices = self.jobfile.take_set_notices()
+        if not notices or self.jobfile.shrunk:
             return
-        del self.states[first_new:]
-        self.states += self.jobfile.states_of(data, base, first_new)
-        self._rebuild_queues(first_new)
+        if (1, 0) in notices:
+            self.rescan()  # a notice without lines: anything may have changed
+            return
+        lines, changed = self.jobfile.lines, len(self.states)
+        for first_line, last_line in notices:
+            first = bisect.bisect_left(lines, first_line)
+            last = min(bisect.bisect_right(lines, last_line), len(self.states))
+            if first >= last:
+                continue
+            fresh = self.jobfile.states_between(first, last)
+            for index in range(first, last):
+                if index in self.held or index in self._releasing:
+                    continue  # ours: nobody else writes it
+                if self.states[index] != fresh[index - first]:
+                    self.states[index] = fresh[index - first]
+                    changed = min(changed, index)
+        if changed < len(self.states):
+            self._rebuild_queues(0)
+            self._done_prefix = min(self._done_prefix, changed)
+            self._advance_done_prefix()
+
+    def _peek_queue_heads(self, count: int) -> None:
+        """Read the state bytes around the head of each queue, in one read each.
+
+        Jobs other workers took (or finished) since our last look are then
+        skipped without a lock attempt each: on NFS every attempt is a round
+        trip to the server, and with many workers most would fail.  The
+        read takes the reading lock, which on NFS is what makes it fresh.
+        """
+        for queue in (self._high, self._normal):
+            if not queue:
+                continue
+            first = queue[0]
+            last = queue[min(len(queue) - 1, 2 * count + _PEEK_EXTRA)] + 1
+            last = min(last, bisect.bisect_right(self.jobfile.offsets,
+                                                 self.jobfile.offsets[first] + _PEEK_BYTES))
+            fresh = self.jobfile.states_between(first, last)
+            for index in range(first, last):
+                if index not in self.held and index not in self._releasing:
+                    self.states[index] = fresh[index - first]
 
     def _rebuild_queues(self, first: int) -> None:
         if first == 0:
@@ -834,8 +965,11 @@ class Scheduler:
         return self.retry and state in (_FAILED, _ERROR) and index not in self.attempted
 
     def _rescan_gap(self) -> float:
-        # A rescan reads the whole file: keep its share of the time small.
-        return max(_POLL, 20 * self._rescan_cost)
+        # A rescan reads the file below the finished prefix: keep its share
+        # of the time, and of the (NFS) server's bytes, small.
+        offsets = self.jobfile.offsets
+        unfinished = offsets[-1] - offsets[self._done_prefix] if self._done_prefix < len(offsets) else 0
+        return max(_POLL, 20 * self._rescan_cost, unfinished / _RESCAN_RATE)
 
     def _claim_from_queues(self, count: int) -> list[Claim]:
         claims: list[Claim] = []
@@ -947,14 +1081,14 @@ class Scheduler:
             _unlock_byte(self.jobfile.fd, SLOT_BASE + slot)
             self.held_slots.discard(slot)
 
-    def _mark_lost_jobs(self) -> None:
-        """Mark ``e`` every ``r`` job whose byte no process holds.
+    def _mark_lost_jobs(self, first: int = 0) -> None:
+        """Mark ``e`` every ``r`` job from ``first`` on whose byte no process holds.
 
         The byte is reread under the lock we won: its worker may just have
         written the final state and let go.
         """
         fd, offsets, states = self.jobfile.fd, self.jobfile.offsets, self.states
-        index = states.find(b"r")
+        index = states.find(b"r", first)
         while index >= 0:
             if (
                 index not in self.held
@@ -1356,7 +1490,9 @@ class Worker:
         moments = [job.kill_at or job.deadline for job in self._running.values()]
         times = [m - now for m in moments if m is not None]
         if waiting:
-            times.append(_POLL)
+            # With a free slot, look as often as appended jobs must be seen
+            # (SPEC: within 0.1 s); a full worker only keeps directives current.
+            times.append(_REFRESH_GAP if self._free_slots else _POLL)
         if self.link is not None and not self._link_broken:
             wait = self.link.timeout(now)
             if wait is not None:
@@ -1702,6 +1838,7 @@ _LIST_CHUNK = 1 << 16  # jobs formatted per piece of runset's output
 _SET_BATCH = 1024  # job locks --set holds at once, so one fsync covers many bytes
 _SET_TRIES = 5  # a lock held through all of them (~0.1 s) is a running job's
 _SET_RETRY_PAUSE = 0.025
+_MAX_NOTICE = 4096  # bytes of line numbers in one #runmaker set notice
 _PROGRESS_CELLS = 16
 
 
@@ -1825,21 +1962,29 @@ def set_job_states(
         fd, offsets = jobfile.fd, jobfile.offsets
         byte = bytes((target,))
         busy = [index for index in chosen if states[index] != target]
-        for attempt in range(_SET_TRIES):
-            if attempt:
-                time.sleep(_SET_RETRY_PAUSE)
-            busy = _set_unlocked_jobs(fd, offsets, busy, byte, wanted)
-            if not busy:
-                break
+        changed: list[int] = []
+        try:
+            for attempt in range(_SET_TRIES):
+                if attempt:
+                    time.sleep(_SET_RETRY_PAUSE)
+                busy = _set_unlocked_jobs(fd, offsets, busy, byte, wanted, changed)
+                if not busy:
+                    break
+        finally:
+            _append_set_notice(jobfile, changed)
         return [jobfile.lines[index] for index in busy]
     finally:
         jobfile.close()
 
 
 def _set_unlocked_jobs(
-    fd: int, offsets: array.array[int], chosen: list[int], byte: bytes, wanted: bytes | None
+    fd: int, offsets: array.array[int], chosen: list[int], byte: bytes, wanted: bytes | None,
+    changed: list[int],
 ) -> list[int]:
-    """Write ``byte`` to each chosen job whose lock is free; return the others."""
+    """Write ``byte`` to each chosen job whose lock is free; return the others.
+
+    Adds the index of each job whose byte it wrote to ``changed``.
+    """
     busy: list[int] = []
     held: list[int] = []
     written = False
@@ -1858,12 +2003,28 @@ def _set_unlocked_jobs(
             if selected and current and current != byte:
                 os.pwrite(fd, byte, offset)
                 written = True
+                changed.append(index)
             if len(held) >= _SET_BATCH:
                 _release_written_jobs(fd, held, written)
                 written = False
     finally:
         _release_written_jobs(fd, held, written)
     return busy
+
+
+def _append_set_notice(jobfile: JobFile, changed: list[int]) -> None:
+    """Append ``#runmaker set LINES`` naming the jobs whose bytes were changed in place.
+
+    Workers and runwait follow what is appended, and reread no state byte
+    of a finished stretch of the file: this notice is how they learn of
+    the change.  Written after the bytes are durable and unlocked; a list
+    too long for one line becomes a notice without lines (reread all).
+    """
+    if not changed:
+        return
+    ranges = _line_ranges(jobfile.lines, sorted(changed))
+    notice = b"#runmaker set %s\n" % ranges.encode() if len(ranges) <= _MAX_NOTICE else b"#runmaker set\n"
+    append_to_shared_file(jobfile.fd, notice)
 
 
 def append_jobs(
