@@ -1840,6 +1840,10 @@ _SET_TRIES = 5  # a lock held through all of them (~0.1 s) is a running job's
 _SET_RETRY_PAUSE = 0.025
 _MAX_NOTICE = 4096  # bytes of line numbers in one #runmaker set notice
 _PROGRESS_CELLS = 16
+_UNFINISHED = re.compile(rb"[^d\-]+")  # runs of jobs that may still change
+_WATCH_RATE = 512 << 10  # bytes a second runwait rereads, at most (after its first look)
+_WATCH_MIN_READ = 64 << 10  # bytes a look may read however soon it follows the last
+_WATCH_GAP = 4096  # runs of unfinished jobs closer than this are read in one piece
 
 
 @dataclass(frozen=True)
@@ -2127,16 +2131,22 @@ class JobCounts:
 class JobWatcher:
     """Looks at a job file again and again, for ``runwait``, on one descriptor.
 
-    Each look takes the reading lock once, reads the file in one pread,
-    indexes only lines appended since the last look and takes every state
-    byte in one C call; only ``r`` jobs are probed.  No lock is held between
-    looks, and none that a worker would wait for more than one read.
+    The first look reads the whole file.  Later looks read what was
+    appended, the state bytes that ``#runmaker set`` notices name, and the
+    stretches of the file holding jobs not yet ``d`` or ``-`` (nothing else
+    changes them), at most _WATCH_RATE bytes a second: when those stretches
+    are larger, each look rereads the next part of them in turn.  Only
+    ``r`` jobs are probed.  No lock is held between looks, and none that a
+    worker would wait for more than one read.
     """
 
     def __init__(self, path: str, *, warn: Callable[[str], None] | None = None) -> None:
         self.jobfile = JobFile(path, writable=False, warn=warn)
         self._states = bytearray()
         self._lost: set[int] = set()
+        self._looked = False
+        self._last_look = 0.0
+        self._cursor = 0  # the job index the next partial reread starts at
 
     def close(self) -> None:
         self.jobfile.close()
@@ -2148,16 +2158,22 @@ class JobWatcher:
         it was opened: workers stop using such a file, so waiting on is futile.
         """
         jobfile = self.jobfile
-        data, _, _ = jobfile.read(whole=True)
+        if not self._looked:
+            data, _, _ = jobfile.read(whole=True)
+            self._states = bytearray(jobfile.states_of(data))
+            del data
+            jobfile.take_set_notices()  # every byte was just read
+            self._looked = True
+        else:
+            self._read_changes()
+        self._last_look = time.monotonic()
         if jobfile.replaced():
             raise RunmakerError(
                 f"{jobfile.path}: the file was replaced or truncated while runwait watched it "
                 "(an editor that saves a new copy?); workers stop using it"
             )
-        states = bytearray(jobfile.states_of(data))
-        del data
+        states = self._states
         self._lost = _probe_running_jobs(jobfile, states, range(len(states)))
-        self._states = states
         pending = states.count(b".") + states.count(b"+")
         running = states.count(b"r") - len(self._lost)
         done, failed, error = states.count(b"d"), states.count(b"!"), states.count(b"e")
@@ -2168,6 +2184,58 @@ class JobWatcher:
             pending=pending, running=running, done=done, failed=failed, error=error,
             lost=lost, unknown=unknown, retired=retired,
         )
+
+    def _read_changes(self) -> None:
+        """Bring the cached state bytes up to date, reading only what may have changed."""
+        jobfile, states = self.jobfile, self._states
+        data, base, first_new = jobfile.read()
+        if jobfile.shrunk:
+            return  # look() raises
+        del states[first_new:]
+        states += jobfile.states_of(data, base, first_new)
+        del data
+        for first_line, last_line in jobfile.take_set_notices():
+            if (first_line, last_line) == (1, 0):
+                states[:] = jobfile.states_between(0, len(states))
+                continue
+            first = bisect.bisect_left(jobfile.lines, first_line)
+            last = min(bisect.bisect_right(jobfile.lines, last_line), len(states))
+            if first < last:
+                states[first:last] = jobfile.states_between(first, last)
+        budget = max(_WATCH_MIN_READ, (time.monotonic() - self._last_look) * _WATCH_RATE)
+        for first, last in self._unfinished_spans(budget):
+            states[first:last] = jobfile.states_between(first, last)
+
+    def _unfinished_spans(self, budget: float) -> list[tuple[int, int]]:
+        """Runs of jobs to reread: every job not ``d`` or ``-``, from the cursor
+        on (then from the start again), at most about ``budget`` bytes of
+        the file; the cursor moves on to where the next look goes on.
+
+        Runs closer than _WATCH_GAP bytes are read as one.
+        """
+        offsets, states = self.jobfile.offsets, self._states
+        start = self._cursor if self._cursor < len(states) else 0
+        spans: list[tuple[int, int]] = []
+        spent = 0.0
+        for begin, end in ((start, len(states)), (0, start)):
+            for match in _UNFINISHED.finditer(states, begin, end):
+                first, last = match.span()
+                # Bytes between the last span and this run, if read with it.
+                gap = offsets[first] - offsets[spans[-1][1] - 1] if spans and first > spans[-1][0] else _WATCH_GAP
+                joined = gap < _WATCH_GAP
+                cost = (gap if joined else 0) + offsets[last - 1] + 1 - offsets[first]
+                if spent + cost > budget:
+                    if spans:
+                        self._cursor = first
+                        return spans
+                    # One run larger than the budget: its first part now.
+                    last = bisect.bisect_right(offsets, offsets[first] + budget, first + 1, last)
+                    self._cursor = last
+                    return [(first, last)]
+                spent += cost
+                spans[-1:] = [(spans[-1][0], last)] if joined else [*spans[-1:], (first, last)]
+        self._cursor = 0
+        return spans
 
     def name_unsuccessful_jobs(self) -> dict[str, str]:
         """The lines of the last look's unsuccessful jobs, by kind, as ranges.
