@@ -29,6 +29,7 @@ import itertools
 import json
 import operator
 import os
+import random
 import re
 import secrets
 import select
@@ -117,6 +118,8 @@ _POLL = 0.5  # seconds between looks while waiting for a cap, barrier or work
 _RESCAN_RATE = 256 << 10
 _PEEK_EXTRA = 16  # jobs read beyond 2 per wanted one at the queue heads
 _PEEK_BYTES = 16 << 10  # at most this much of the file read at each queue head
+_LOST_PROBE_GAP = 5.0  # seconds between probes for lost jobs, but at a whole rescan
+_SPREAD = 32  # after losing a job to another worker, try one of the next this many
 _KILL_GRACE = 5.0  # seconds from SIGTERM to SIGKILL
 _EXIT_SIGNALLED = 130
 
@@ -267,6 +270,11 @@ def _gather(data: bytes, base: int, offsets: Iterable[int]) -> bytes:
     if base:
         offsets = map(operator.sub, offsets, itertools.repeat(base))
     return bytes(map(data.__getitem__, offsets))
+
+
+def _spread_pick(length: int) -> int:
+    """A position among the first _SPREAD of ``length`` queued jobs, at random."""
+    return random.randrange(min(length, _SPREAD))
 
 
 def _shown(command: bytes) -> str:
@@ -712,19 +720,22 @@ class Scheduler:
         self._acted_since_rescan = False
         self._last_rescan = 0.0
         self._rescan_cost = 0.0
+        self._last_lost_probe = 0.0
         self._blocked_by: str | None = None
         self._contended = False  # a queued job's lock was held elsewhere
         self.rescan()
 
     # -- public ------------------------------------------------------------
 
-    def rescan(self, *, whole: bool = True) -> None:
+    def rescan(self, *, whole: bool = True, probe: bool = False) -> None:
         """Reread state bytes; mark lost jobs ``e``; rebuild the queues.
 
         ``whole``: every state byte of the file.  Otherwise only from the
         finished prefix on (every job above it is ``d`` or ``-``, which only
         ``runset --set`` changes, and it says so with a ``#runmaker set``
         notice that _refresh follows), after reading what was appended.
+        Running jobs are probed for lost ones at a whole rescan, with
+        ``probe``, and otherwise every _LOST_PROBE_GAP seconds.
         """
         started = time.monotonic()
         if whole:
@@ -745,7 +756,11 @@ class Scheduler:
         for index in self.held:
             states[index] = _RUNNING
         self.states = states
-        self._mark_lost_jobs(first)
+        if whole or probe or started - self._last_lost_probe >= _LOST_PROBE_GAP:
+            # Each probe of a job running elsewhere is a failed lock round
+            # trip (on NFS, to the server): not at every rescan.
+            self._mark_lost_jobs(first)
+            self._last_lost_probe = started
         self._rebuild_queues(0)
         if whole:
             self._done_prefix = 0
@@ -773,7 +788,8 @@ class Scheduler:
         now = time.monotonic()
         fresh = False
         if count and now - self._last_rescan >= self._rescan_gap():
-            self.rescan(whole=False)
+            # A worker that just ran out of work probes for lost jobs before it may end.
+            self.rescan(whole=False, probe=idle and self._acted_since_rescan)
             fresh = True
         elif now - self._last_refresh >= _REFRESH_GAP / 2:
             # Half the gap: a caller that looks every _REFRESH_GAP reads at each look.
@@ -784,7 +800,7 @@ class Scheduler:
             self._adopt_slots()
         claims = self._claim_from_queues(count)
         if len(claims) < count and not fresh and idle and self._acted_since_rescan:
-            self.rescan(whole=False)
+            self.rescan(whole=False, probe=True)
             fresh = True
             claims += self._claim_from_queues(count - len(claims))
         elif not self._acted_since_rescan:
@@ -978,21 +994,32 @@ class Scheduler:
         if self.jobfile.shrunk:
             return claims  # a truncated file: the indexed lines are gone
         for queue in (self._high, self._normal):
+            spread = False  # set once another worker won a job we tried
             while queue and len(claims) < count:
-                index = queue[0]
+                at = _spread_pick(len(queue)) if spread else 0
+                index = queue[at]
                 if index in self._releasing or not self._runnable(self.states[index], index):
-                    queue.popleft()
+                    del queue[at]
                     continue
                 if self._below_open_barrier(index):
+                    if at:
+                        spread = False  # the jobs before it may still start
+                        continue
                     self._blocked_by = "barrier"
                     break  # every later job in this queue is below it too
                 claim = self._claim(index)
                 if claim is False:
                     self._blocked_by = "cap"
                     return claims
-                queue.popleft()
+                del queue[at]
                 if claim is not None:
                     claims.append(claim)
+                elif self._contended:
+                    # Others claim at the same moment: look at the queue
+                    # head again, and try one of its first jobs at random
+                    # rather than the one every other worker tries next.
+                    spread = True
+                    self._peek_queue_heads(count - len(claims))
         return claims
 
     def _claim(self, index: int) -> Claim | None | bool:

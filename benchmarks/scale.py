@@ -514,7 +514,7 @@ def measure_contention(sizes: Sizes, reps: int) -> list[Row]:
             return rows
         traces = [tmp / f"trace.{k}" for k in range(workers)]
         try:
-            seconds = run_workers(lambda k: [strace, "-f", "-qq", "-e", "trace=fcntl",
+            seconds = run_workers(lambda k: [strace, "-f", "--seccomp-bpf", "-qq", "-e", "trace=fcntl",
                                              "-o", str(traces[k])])
         except BenchmarkFailed as exc:
             rows.append(failed_row(count_label, "<= 2", exc))
