@@ -481,7 +481,7 @@ class JobFile:
 
     def states_of(self, data: bytes, base: int = 0, first: int = 0) -> bytes:
         """The state bytes of jobs ``first..`` found in ``data`` (read at ``base``)."""
-        return _gather(data, base, itertools.islice(self.offsets, first, None))
+        return _gather(data, base, memoryview(self.offsets)[first:])
 
     def states_between(self, first: int, last: int) -> bytes:
         """Read the state bytes of jobs ``first..last-1`` from the file now.
@@ -505,7 +505,7 @@ class JobFile:
         """The state bytes of jobs ``first..stop-1`` in ``data``; a cut file reads as ``d``."""
         if len(data) < self.offsets[stop - 1] + 1 - base:
             data += b"d" * (self.offsets[stop - 1] + 1 - base - len(data))
-        return _gather(data, base, itertools.islice(self.offsets, first, stop))
+        return _gather(data, base, memoryview(self.offsets)[first:stop])
 
     def take_set_notices(self) -> list[tuple[int, int]]:
         """The line ranges named by ``#runmaker set`` lines indexed since the last call.
@@ -1963,7 +1963,11 @@ def list_jobs(
     jobfile = JobFile(path, writable=False, warn=warn)
     try:
         check_file_locking(path, fd=jobfile.fd)
-        data, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
+        # Counting needs no command: then the file is indexed a piece at a
+        # time and never held whole.
+        data, states, chosen = _read_selection(
+            jobfile, selection, wanted, pattern, commands=not summary or pattern is not None
+        )
         lost = _probe_running_jobs(jobfile, states, chosen)
         if summary:
             yield _summary_text(states, chosen, len(lost), as_json)
@@ -2442,15 +2446,20 @@ def _settable_state(state: str) -> int:
 
 
 def _read_selection(
-    jobfile: JobFile, selection: JobSelection, wanted: bytes | None, pattern: re.Pattern[str] | None
+    jobfile: JobFile, selection: JobSelection, wanted: bytes | None, pattern: re.Pattern[str] | None,
+    *, commands: bool = True,
 ) -> tuple[bytes, bytearray, Sequence[int]]:
     """Read the whole file once (reading lock) and pick the selected jobs.
 
     Returns the data, every job's state byte, and the selected job indexes
-    in file order (a range when that is every job).
+    in file order (a range when that is every job).  Without ``commands``
+    the data is empty: the file is indexed a piece at a time instead.
     """
-    data, _, _ = jobfile.read(whole=True)
-    states = bytearray(jobfile.states_of(data))
+    if commands:
+        data, _, _ = jobfile.read(whole=True)
+        states = bytearray(jobfile.states_of(data))
+    else:
+        data, states = b"", bytearray(jobfile.read_new_states()[1])
     chosen: Sequence[int] = range(len(states))
     if selection.jobs:
         chosen = _jobs_named(jobfile, selection.jobs)
