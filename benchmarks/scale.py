@@ -83,7 +83,7 @@ class Sizes:
         self.quick = quick
         self.finished = 100_000 if quick else 1_000_000
         self.busy_jobs = 100 if quick else 400
-        self.idle_window = 4.0 if quick else 10.0
+        self.idle_window = 4.0 if quick else 30.0  # a loaded machine rescans less often
         self.runset_jobs = 500_000 if quick else 5_000_000
         self.dispatch_jobs = 200 if quick else 2_000
         self.contention_jobs = 500 if quick else 5_000
