@@ -197,10 +197,20 @@ def _wait_until(what: str, ready: Callable[[], bool], timeout: float, live: Live
     return time.monotonic() - started
 
 
-def _settle(live: Live, size: int, timeout: float = 120.0) -> None:
-    """Wait until ``live`` has read the whole file once and its reading calms down."""
+def _settle(live: Live, size: int, timeout: float = 300.0) -> None:
+    """Wait until ``live`` has read the whole file once and then nothing for 2 s.
+
+    (Its start-up reads modules too, so rchar passes the file's size before
+    the indexing ends; on a busy machine that end comes seconds later.)
+    """
     _wait_until("first read of the file", lambda: live.rchar() >= size, timeout, live)
-    time.sleep(1.5)
+    deadline = time.monotonic() + timeout
+    last, since = live.rchar(), time.monotonic()
+    while time.monotonic() - since < 2.0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = live.rchar()
+        if now != last:
+            last, since = now, time.monotonic()
 
 
 def _read_rate(live: Live, window: float) -> float:
