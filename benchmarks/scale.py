@@ -17,8 +17,10 @@ the checkout's commands, each beside its target:
 * dispatch: 2,000 ``true N`` at ``-j2`` against ``xargs -P2`` (<= 1.1x);
 * 16 workers of ``-j1`` on one file of 5,000 trivial jobs: wall against
   ``xargs -P16`` (<= 1.3x), and job-lock attempts per claimed job (<= 2),
-  counted with ``strace -f -e trace=fcntl`` in a separate run (strace slows
-  every process alike; the row is skipped when strace is missing).
+  counted with ``strace -f --seccomp-bpf -e trace=fcntl`` in a separate run
+  (the row is skipped when strace is missing).  strace stops a worker at
+  every fcntl, also between winning a job's lock and writing its ``r``,
+  while other workers still read ``.`` there: the count is an upper bound.
 
 Bytes read are ``rchar`` of ``/proc/PID/io``: every byte the process's
 read/pread calls returned, page cache or not (``read_bytes`` counts only
