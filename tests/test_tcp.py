@@ -19,33 +19,26 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, ROOT, Procs, command, run, states, wait_for, write_jobs
-from runmaker import _Channel, _PeerError, _proof
+from conftest import Procs, command, run, states, wait_for, write_jobs
+from runmaker_tcp import _Channel, _PeerError, _proof
 
-# Deadlines of the protocol, shortened so that the tests of drops, deaths and
-# reconnects take a second rather than half a minute.  Set in a launcher
-# that runs runmaker's main in a real process.
+# Deadlines of the protocol (runmaker_tcp.TcpTimings), shortened so that the
+# tests of drops, deaths and reconnects take a second rather than half a
+# minute; given to the real command with its hidden --tcp-timings option.
+# The jobs here end at SIGTERM, so a kill grace of 0.1 s holds.  Derived:
+# server silence 1.0 + 0.1 + 0.4 = 1.5 s, lost release 0.2 + 0.1 + 0.2 = 0.5 s.
 FAST = {
-    "_AUTH_DEADLINE": 1.0,
-    "_HEARTBEAT": 0.2,
-    "_CLIENT_SILENCE": 1.0,
-    "_SERVER_SILENCE": 1.5,
-    "_LOST_RELEASE": 0.5,
-    "_GIVE_UP": 10.0,
-    "_BACKOFF_FIRST": 0.1,
-    "_BACKOFF_MAX": 0.3,
-    "_GOODBYE": 1.0,
+    "auth_deadline": 1.0,
+    "heartbeat": 0.2,
+    "client_silence": 1.0,
+    "kill_grace": 0.1,
+    "silence_margin": 0.4,
+    "release_margin": 0.2,
+    "give_up": 10.0,
+    "backoff_first": 0.1,
+    "backoff_max": 0.3,
+    "goodbye": 1.0,
 }
-
-LAUNCHER = """\
-import sys
-sys.path.insert(0, {root!r})
-import runmaker
-for name, value in {settings!r}.items():
-    setattr(runmaker, name, value)
-sys.argv[0] = "runmaker"
-runmaker.main()
-"""
 
 
 class Tcp:
@@ -58,12 +51,10 @@ class Tcp:
         self.token.write_text(f"test-{secrets.token_hex(16)}\n")
         # Never the user's own ~/.runmaker.token.
         self.env = dict(os.environ, HOME=str(tmp_path))
+        self.argv = command("runmaker")
         if settings:
-            launcher = tmp_path / "fast_runmaker.py"
-            launcher.write_text(LAUNCHER.format(root=str(ROOT), settings=settings))
-            self.argv = [PYTHON, str(launcher)]
-        else:
-            self.argv = command("runmaker")
+            timings = ",".join(f"{name}={value}" for name, value in settings.items())
+            self.argv += ["--tcp-timings", timings]
 
     def start(self, name: str, *args: str, netns: str | None = None) -> subprocess.Popen[bytes]:
         prefix = ["ip", "netns", "exec", netns] if netns else []
@@ -547,7 +538,7 @@ def test_server_killed_and_restarted_while_clients_wait(tmp_path: Path, procs: P
 
 @pytest.mark.timeout(30)
 def test_client_gives_up_after_its_bound(tmp_path: Path, procs: Procs) -> None:
-    tcp = Tcp(tmp_path, procs, **dict(FAST, _GIVE_UP=1.0))
+    tcp = Tcp(tmp_path, procs, **dict(FAST, give_up=1.0))
     port = free_port()
     client = tcp.connect("client", port)
     assert ended(client) == 1
