@@ -101,6 +101,7 @@ _NORMAL_QUEUE_RETRY = re.compile(rb"[.!e]")
 
 _MAX_WARNINGS = 20  # mistaken lines named one by one, then one summary line
 _MAX_LINE = 1 << 20  # a longer output line is cut into pieces of this size
+_CONSOLE_BEHIND = 1 << 18  # console bytes not yet written before the jobs' pipes wait
 _READ_CHUNK = 1 << 16
 _INDEX_CHUNK = 1 << 20  # bytes of the job file split into lines at once
 _REFRESH_GAP = 0.1  # seconds between looks for appended lines while busy
@@ -1234,6 +1235,74 @@ class _Running:
     interrupted: bool = False
 
 
+class _OutputBuffer:
+    """Bytes for a stream that a thread of its own writes, in order.
+
+    The loop that puts them never waits on the stream: a console piped into
+    a reader that stopped, a terminal on hold or a hung disk would otherwise
+    stop its heartbeats, deadlines and kill timers too.  ``full`` tells the
+    loop to stop reading its jobs' pipes until there is room again (the
+    jobs then wait in their writes: back-pressure); ``on_room`` is called,
+    from the writing thread, when there is.  A failed write (a closed pipe,
+    a full disk) drops the rest: ``failure`` says why.
+    """
+
+    def __init__(self, write: Callable[[bytes], None], limit: int) -> None:
+        self._write = write
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0  # bytes put and not yet written, those being written included
+        self._writing = False
+        self._cond = threading.Condition()
+        self.failure: OSError | None = None
+        self.on_room: Callable[[], None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return self._size >= self._limit
+
+    def put(self, data: bytes) -> None:
+        """Queue ``data`` to be written; never blocks (the limit is the caller's to heed)."""
+        with self._cond:
+            if self.failure is not None or not data:
+                return
+            self._chunks.append(data)
+            self._size += len(data)
+            if not self._writing:
+                self._writing = True
+                threading.Thread(target=self._run, name="runmaker-output", daemon=True).start()
+
+    def drain(self) -> None:
+        """Wait until every byte put is written (or writing failed)."""
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._chunks:
+                    self._writing = False  # the next put starts a new thread
+                    self._cond.notify_all()
+                    return
+                data = b"".join(self._chunks)
+                self._chunks.clear()
+            failure = None
+            try:
+                self._write(data)
+            except OSError as exc:
+                failure = exc
+            with self._cond:
+                was_full = self.full
+                self._size -= len(data)
+                if failure is not None:
+                    self.failure = failure
+                    self._size -= sum(map(len, self._chunks))
+                    self._chunks.clear()
+            if was_full and not self.full and self.on_room is not None:
+                self.on_room()
+
+
 class JobSource(Protocol):
     """Where a Worker's jobs come from: a Scheduler on the job file, or a TCP server."""
 
@@ -1294,7 +1363,9 @@ class Worker:
         self.notify = notify
         self._console = console
         self._console_parts: list[bytes] = []
-        self._console_broken = False
+        self._output = _OutputBuffer(self._write_console, _CONSOLE_BEHIND)
+        self._output_paused = False  # the jobs' pipes wait for the console
+        self._output_failure_told = False
         self._running: dict[int, _Running] = {}  # pid -> attempt
         self._free_slots = list(range(options.jobs))
         self._poller = select.poll()
@@ -1328,6 +1399,7 @@ class Worker:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         }
         previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _wake_only)
+        self._output.on_room = lambda: _wake(wake_w)
         try:
             self._loop(wake_r)
         except BaseException:
@@ -1341,9 +1413,11 @@ class Worker:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             signal.set_wakeup_fd(previous_wakeup)
+            self._output.on_room = None
             os.close(wake_r)
             os.close(wake_w)
             self._flush_console()
+            self._output.drain()
         if self._signalled:
             return _EXIT_SIGNALLED
         return 1 if self._failures or self._replaced else 0
@@ -1392,6 +1466,7 @@ class Worker:
                     job, stream = self._watched[fd]
                     self._read_output(job, fd, stream)
             self._flush_console()
+            self._heed_output()
 
     def _may_claim(self) -> bool:
         return not (
@@ -1523,7 +1598,7 @@ class Worker:
         self._running[pid] = job
         for fd in (out_r, err_r):
             os.set_blocking(fd, False)
-            self._poller.register(fd, select.POLLIN)
+            self._poller.register(fd, 0 if self._output_paused else select.POLLIN)
             self._watched[fd] = (job, job.streams[fd])
         if not self.options.quiet:
             self._console_parts.append(b"status (" + pid_tag + b'): forked "' + quoted + b'"\n')
@@ -1690,21 +1765,40 @@ class Worker:
         self._console_parts.append(tag + (b"\n" + tag).join(lines) + b"\n")
 
     def _flush_console(self) -> None:
-        if not self._console_parts:
-            return
-        data = b"".join(self._console_parts)
-        self._console_parts.clear()
-        if self._console_broken:
-            return
-        try:
-            # Under PYTHONUNBUFFERED sys.stdout.buffer is a raw FileIO: a
-            # write into a full pipe that SIGCHLD interrupts writes only part.
-            view = memoryview(data)
-            while view:
-                view = view[self._console.write(view) :]
-            self._console.flush()
-        except BrokenPipeError:
-            self._console_broken = True  # nobody reads: the jobs go on
+        """Hand this turn's console lines to the output thread (never waits)."""
+        if self._console_parts:
+            self._output.put(b"".join(self._console_parts))
+            self._console_parts.clear()
+        failure = self._output.failure
+        if failure is not None and not self._output_failure_told:
+            self._output_failure_told = True
+            if not isinstance(failure, BrokenPipeError):  # nobody reads: the jobs go on
+                self.notify(f"runmaker: cannot write to the console, its output is lost: "
+                            f"{failure.strerror}; the jobs go on")
+
+    def _heed_output(self) -> None:
+        """Stop reading the jobs' pipes while the console is far behind; resume once it is not."""
+        paused = self._output.full
+        if paused != self._output_paused:
+            self._output_paused = paused
+            for fd in self._watched:
+                self._poller.modify(fd, 0 if paused else select.POLLIN)
+
+    def _write_console(self, data: bytes) -> None:
+        # Under PYTHONUNBUFFERED sys.stdout.buffer is a raw FileIO: a write
+        # into a full pipe that a signal interrupts writes only part.
+        view = memoryview(data)
+        while view:
+            view = view[self._console.write(view) :]
+        self._console.flush()
+
+
+def _wake(fd: int) -> None:
+    """Wake a loop through its self-pipe (from another thread)."""
+    try:
+        os.write(fd, b"\0")
+    except OSError:
+        pass  # full: it wakes anyway; closed: it has ended
 
 
 def _wake_only(signum: int, frame: object) -> None:
