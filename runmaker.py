@@ -21,6 +21,8 @@ from __future__ import annotations
 import array
 import bisect
 import collections
+import contextlib
+import enum
 import errno
 import fcntl
 import json
@@ -45,6 +47,7 @@ __all__ = [
     "APPEND_BYTE",
     "CLICK_CONTEXT",
     "Claim",
+    "IdleReason",
     "JobCounts",
     "JobFile",
     "JobSelection",
@@ -52,6 +55,7 @@ __all__ = [
     "JobWatcher",
     "OneLineErrorCommand",
     "RunmakerError",
+    "RunmakerFailure",
     "SLOT_BASE",
     "STATE_NAMES",
     "Scheduler",
@@ -69,6 +73,7 @@ __all__ = [
     "set_job_states",
     "short_hostname",
     "wait_for_jobs",
+    "work_is_over",
 ]
 
 # Lock offsets (SPEC section 3).  Both lie far beyond any real data, so they
@@ -125,6 +130,25 @@ class RunmakerError(click.ClickException):
     """
 
     exit_code = 2
+
+
+class RunmakerFailure(click.ClickException):
+    """A runtime failure (the file system failed under us): one ``Error:`` line, exit status 1."""
+
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def _failing_as_runtime_error(path: str) -> Iterator[None]:
+    """Turn an OSError of the file system into a RunmakerFailure naming ``path``.
+
+    For the public entry points of runset and runwait: a disk that fails or
+    fills under them is one ``Error:`` line, never a traceback.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise RunmakerFailure(f"{path}: {exc.strerror or exc}") from None
 
 
 # --------------------------------------------------------------------------
@@ -663,6 +687,25 @@ class _Committer:
                 self._cond.notify_all()
 
 
+class IdleReason(str, enum.Enum):
+    """Why a claim got fewer jobs than asked (``idle_reason`` of a JobSource)."""
+
+    WAITING = "waiting"  # a cap, or a barrier whose jobs above still run: it will clear
+    STALE = "stale"  # a lock was held elsewhere, or the view is old: look again later
+    DONE = "done"  # nothing is left that this process could run
+    BLOCKED = "blocked"  # only jobs that a failure holds back (behind a barrier) are left
+
+
+def work_is_over(reason: IdleReason | None, *, running: bool, follow: bool) -> bool:
+    """The end rule of a worker and of a TCP server (SPEC section 4, "Ending").
+
+    One stops once it runs nothing and its source says nothing is left that
+    it could run (DONE) or only jobs that a failure holds back (BLOCKED).
+    WAITING and STALE keep it going, and so does ``follow``, always.
+    """
+    return not running and not follow and reason in (IdleReason.DONE, IdleReason.BLOCKED)
+
+
 @dataclass(eq=False)
 class Claim:
     """A job this process holds the lock of (and, under a cap, a slot lock)."""
@@ -695,10 +738,8 @@ class Scheduler:
         self.held: dict[int, Claim] = {}
         self.held_slots: set[int] = set()
         self.attempted: set[int] = set()
-        # Why the last claim_jobs call claimed fewer jobs than asked:
-        # None, "waiting" (cap or barrier will clear), "stale" (look again
-        # later), "done" (nothing left) or "blocked" (a barrier above failed).
-        self.idle_reason: str | None = None
+        # Why the last claim_jobs call claimed fewer jobs than asked, or None.
+        self.idle_reason: IdleReason | None = None
         self._high: collections.deque[int] = collections.deque()
         self._normal: collections.deque[int] = collections.deque()
         self._done_prefix = 0
@@ -744,12 +785,11 @@ class Scheduler:
         second has passed (more for a huge file: at most ~5% of the time).
         ``idle`` says the caller runs nothing: then a rescan after our own
         last claim or finish is worth its cost before saying there is nothing
-        left.  ``count`` 0 just keeps the directives current.  Sets
-        ``idle_reason``.
+        left.  Sets ``idle_reason``.
         """
         now = time.monotonic()
         fresh = False
-        if count and now - self._last_rescan >= self._rescan_gap():
+        if now - self._last_rescan >= self._rescan_gap():
             self.rescan()
             fresh = True
         elif now - self._last_refresh >= _REFRESH_GAP:
@@ -765,6 +805,18 @@ class Scheduler:
             fresh = True  # the last rescan is recent, and nothing we did since changes it
         self.idle_reason = self._why_idle(fresh) if len(claims) < count else None
         return claims
+
+    def refresh(self) -> None:
+        """Read appended lines (at most every 0.1 s) and adopt a new cap; claim nothing.
+
+        For a worker busy with -j jobs: a cap appended meanwhile counts its
+        running jobs at once.
+        """
+        if time.monotonic() - self._last_refresh >= _REFRESH_GAP:
+            self._refresh()
+        if self.jobfile.max_running is not None:
+            self._adopt_slots()
+        self.idle_reason = None
 
     def finish_job(self, claim: Claim, state: str) -> None:
         """Write a held job's final state byte; ``commit`` then releases it."""
@@ -824,9 +876,9 @@ class Scheduler:
         self._last_identity_check = now
         return self.jobfile.replaced()
 
-    def nothing_left(self) -> str | None:
-        """Without claiming: "done" if no job is left to run, "blocked" if
-        only jobs below a barrier held shut by a failure are, else None.
+    def nothing_left(self) -> IdleReason | None:
+        """Without claiming: DONE if no job is left to run, BLOCKED if only
+        jobs below a barrier held shut by a failure are, else None.
 
         The end rule of a worker, for a TCP server with no client asking.
         Rereads the whole file first.
@@ -841,10 +893,10 @@ class Scheduler:
             if index not in self._releasing and self._runnable(self.states[index], index)
         ]
         if not candidates:
-            return "done"
+            return IdleReason.DONE
         if any(not self._below_open_barrier(index) for index in candidates):
             return None
-        return "blocked" if self._barrier_held_by_failure() else None
+        return IdleReason.BLOCKED if self._barrier_held_by_failure() else None
 
     def describe_block(self) -> str:
         """One line on why pending jobs will not start (for ``blocked``)."""
@@ -1028,14 +1080,16 @@ class Scheduler:
             return False
         return self._done_prefix < barriers[bisect.bisect_right(barriers, index) - 1]
 
-    def _why_idle(self, fresh: bool) -> str:
+    def _why_idle(self, fresh: bool) -> IdleReason:
         if self.jobfile.shrunk:
-            return "stale"  # not "done": the worker must see replaced() and say so
+            return IdleReason.STALE  # not DONE: the worker must see replaced() and say so
         if self._blocked_by == "cap":
-            return "waiting"
+            return IdleReason.WAITING
         if self._blocked_by == "barrier":
-            return "blocked" if fresh and self._barrier_held_by_failure() else "waiting"
-        return "done" if fresh and not self._contended else "stale"
+            if fresh and self._barrier_held_by_failure():
+                return IdleReason.BLOCKED
+            return IdleReason.WAITING
+        return IdleReason.DONE if fresh and not self._contended else IdleReason.STALE
 
     def _barrier_held_by_failure(self) -> bool:
         """True when a failure above the first closed barrier holds it shut.
@@ -1306,9 +1360,11 @@ class _OutputBuffer:
 class JobSource(Protocol):
     """Where a Worker's jobs come from: a Scheduler on the job file, or a TCP server."""
 
-    idle_reason: str | None
+    idle_reason: IdleReason | None
 
     def claim_jobs(self, count: int, *, idle: bool = False) -> list[Claim]: ...
+
+    def refresh(self) -> None: ...
 
     def finish_job(self, claim: Claim, state: str) -> None: ...
 
@@ -1445,7 +1501,7 @@ class Worker:
             elif self._may_claim() and now >= self._next_look:
                 # Busy with -j jobs: still read new lines now and then, so a
                 # cap appended meanwhile counts our running jobs at once.
-                self.source.claim_jobs(0)
+                self.source.refresh()
                 self._next_look = now + _POLL
             self.source.commit()
             for claim in claims:
@@ -1454,8 +1510,9 @@ class Worker:
             if not self._running and not claims:
                 if not self._may_claim():
                     return
-                if self.source.idle_reason in ("done", "blocked") and not self.options.follow:
-                    if self.source.idle_reason == "blocked":
+                reason = self.source.idle_reason
+                if work_is_over(reason, running=False, follow=self.options.follow):
+                    if reason is IdleReason.BLOCKED:
                         self.notify("runmaker: " + self.source.describe_block())
                     return
             timeout = self._next_timeout(now, waiting=self._may_claim())
@@ -1881,53 +1938,55 @@ def list_jobs(
     count the jobs per state instead (``as_json``: one JSON object).  No
     selection means every job.  The file is read once, under the reading
     lock; only ``r`` jobs are probed.  Raises RunmakerError for a bad
-    selection, before anything is yielded.
+    selection, before anything is yielded, and RunmakerFailure when the
+    file system fails under it.
     """
-    wanted, pattern = _compile_selection(path, selection)
-    jobfile = JobFile(path, writable=False, warn=warn)
-    try:
-        check_file_locking(path, fd=jobfile.fd)
-        data, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
-        lost = _probe_running_jobs(jobfile, states, chosen)
-        if summary:
-            yield _summary_text(states, chosen, len(lost), as_json)
-            return
-        lines, offsets, ends = jobfile.lines, jobfile.offsets, jobfile.ends
-        skip = _COMMAND_SKIP
-        for start in range(0, len(chosen), _LIST_CHUNK):
-            part = chosen[start : start + _LIST_CHUNK]
-            if as_json:
-                yield "".join(
-                    json.dumps(
-                        {
-                            "line": lines[i],
-                            "state": _shown(states[i : i + 1]),
-                            "command": _shown(data[offsets[i] + skip : ends[i]]),
-                            "lost": i in lost,
-                        }
+    with _failing_as_runtime_error(path):
+        wanted, pattern = _compile_selection(path, selection)
+        jobfile = JobFile(path, writable=False, warn=warn)
+        try:
+            check_file_locking(path, fd=jobfile.fd)
+            data, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
+            lost = _probe_running_jobs(jobfile, states, chosen)
+            if summary:
+                yield _summary_text(states, chosen, len(lost), as_json)
+                return
+            lines, offsets, ends = jobfile.lines, jobfile.offsets, jobfile.ends
+            skip = _COMMAND_SKIP
+            for start in range(0, len(chosen), _LIST_CHUNK):
+                part = chosen[start : start + _LIST_CHUNK]
+                if as_json:
+                    yield "".join(
+                        json.dumps(
+                            {
+                                "line": lines[i],
+                                "state": _shown(states[i : i + 1]),
+                                "command": _shown(data[offsets[i] + skip : ends[i]]),
+                                "lost": i in lost,
+                            }
+                        )
+                        + "\n"
+                        for i in part
                     )
-                    + "\n"
-                    for i in part
-                )
-            else:
-                # Formatted as bytes and decoded once per piece: a million
-                # lines in about a second.
-                yield _shown(
-                    b"".join(
-                        [
-                            b"%d: %c - %s%s\n"
-                            % (
-                                lines[i],
-                                states[i],
-                                data[offsets[i] + skip : ends[i]],
-                                b" [lost]" if i in lost else b"",
-                            )
-                            for i in part
-                        ]
+                else:
+                    # Formatted as bytes and decoded once per piece: a million
+                    # lines in about a second.
+                    yield _shown(
+                        b"".join(
+                            [
+                                b"%d: %c - %s%s\n"
+                                % (
+                                    lines[i],
+                                    states[i],
+                                    data[offsets[i] + skip : ends[i]],
+                                    b" [lost]" if i in lost else b"",
+                                )
+                                for i in part
+                            ]
+                        )
                     )
-                )
-    finally:
-        jobfile.close()
+        finally:
+            jobfile.close()
 
 
 def set_job_states(
@@ -1951,30 +2010,32 @@ def set_job_states(
     read are not touched.  Locks are held a batch at a time, never waited for.
 
     Raises RunmakerError when ``state`` is ``r`` or no state ``--set`` may
-    write, when nothing is selected, or for a bad selection.
+    write, when nothing is selected, or for a bad selection; RunmakerFailure
+    when the file system fails under it.
     """
-    target = _settable_state(state)
-    if selection.is_empty():
-        raise RunmakerError(
-            f"{path}: --set needs a selection: JOB numbers or ranges, --all, --state or --grep"
-        )
-    wanted, pattern = _compile_selection(path, selection)
-    jobfile = JobFile(path, writable=True, warn=warn)
-    try:
-        check_file_locking(path, fd=jobfile.fd)
-        _, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
-        fd, offsets = jobfile.fd, jobfile.offsets
-        byte = bytes((target,))
-        busy = [index for index in chosen if states[index] != target]
-        for attempt in range(_SET_TRIES):
-            if attempt:
-                time.sleep(_SET_RETRY_PAUSE)
-            busy = _set_unlocked_jobs(fd, offsets, busy, byte, wanted)
-            if not busy:
-                break
-        return [jobfile.lines[index] for index in busy]
-    finally:
-        jobfile.close()
+    with _failing_as_runtime_error(path):
+        target = _settable_state(state)
+        if selection.is_empty():
+            raise RunmakerError(
+                f"{path}: --set needs a selection: JOB numbers or ranges, --all, --state or --grep"
+            )
+        wanted, pattern = _compile_selection(path, selection)
+        jobfile = JobFile(path, writable=True, warn=warn)
+        try:
+            check_file_locking(path, fd=jobfile.fd)
+            _, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
+            fd, offsets = jobfile.fd, jobfile.offsets
+            byte = bytes((target,))
+            busy = [index for index in chosen if states[index] != target]
+            for attempt in range(_SET_TRIES):
+                if attempt:
+                    time.sleep(_SET_RETRY_PAUSE)
+                busy = _set_unlocked_jobs(fd, offsets, busy, byte, wanted)
+                if not busy:
+                    break
+            return [jobfile.lines[index] for index in busy]
+        finally:
+            jobfile.close()
 
 
 def _set_unlocked_jobs(
@@ -2028,38 +2089,40 @@ def append_jobs(
     jobs appended.
 
     Raises RunmakerError for an empty command, one with a line break in it,
-    or a ``max_running`` that is neither a whole number nor ``"none"``.
+    or a ``max_running`` that is neither a whole number nor ``"none"``;
+    RunmakerFailure when the file system fails under it (a full disk).
     """
-    state = b"+ " if high else b". "
-    parts: list[bytes] = []
-    if max_running is not None:
-        if not _MAX_RUNNING_ARG.match(str(max_running)):
-            raise RunmakerError(
-                f"{path}: max-running takes a whole number or 'none', not {max_running!r}"
-            )
-        parts.append(b"#runmaker max-running %s\n" % str(max_running).encode())
-    if barrier:
-        parts.append(b"#runmaker barrier\n")
-    count = 0
-    for command in commands:
-        command = command.rstrip(_TRAILING_SPACE)
-        if not command:
-            raise RunmakerError(f"{path}: cannot add an empty command")
-        if b"\n" in command or b"\r" in command:
-            raise RunmakerError(
-                f"{path}: a command must fit on one line: {_shown(command)!r}"
-            )
-        parts.append(state + command + b"\n")
-        count += 1
-    if not parts:
-        return 0
-    fd = _open_job_file(path, writable=True)
-    try:
-        check_file_locking(path, fd=fd)
-        append_to_shared_file(fd, b"".join(parts))
-    finally:
-        os.close(fd)
-    return count
+    with _failing_as_runtime_error(path):
+        state = b"+ " if high else b". "
+        parts: list[bytes] = []
+        if max_running is not None:
+            if not _MAX_RUNNING_ARG.match(str(max_running)):
+                raise RunmakerError(
+                    f"{path}: max-running takes a whole number or 'none', not {max_running!r}"
+                )
+            parts.append(b"#runmaker max-running %s\n" % str(max_running).encode())
+        if barrier:
+            parts.append(b"#runmaker barrier\n")
+        count = 0
+        for command in commands:
+            command = command.rstrip(_TRAILING_SPACE)
+            if not command:
+                raise RunmakerError(f"{path}: cannot add an empty command")
+            if b"\n" in command or b"\r" in command:
+                raise RunmakerError(
+                    f"{path}: a command must fit on one line: {_shown(command)!r}"
+                )
+            parts.append(state + command + b"\n")
+            count += 1
+        if not parts:
+            return 0
+        fd = _open_job_file(path, writable=True)
+        try:
+            check_file_locking(path, fd=fd)
+            append_to_shared_file(fd, b"".join(parts))
+        finally:
+            os.close(fd)
+        return count
 
 
 @dataclass
@@ -2183,35 +2246,37 @@ def wait_for_jobs(
     the first look.  Lost jobs count as errors and are not waited for.
     Returns the last look, with its unsuccessful jobs named; when
     ``timeout`` seconds pass first, with ``timed_out`` set.  Raises
-    RunmakerError as JobWatcher.look does.
+    RunmakerError as JobWatcher.look does, and RunmakerFailure when the
+    file system fails under it.
     """
-    watcher = JobWatcher(path, warn=warn)
-    try:
-        check_file_locking(path, fd=watcher.jobfile.fd)
-        started = time.monotonic()
-        first_processed: int | None = None
-        while True:
-            counts = watcher.look()
-            now = time.monotonic()
-            counts.elapsed = now - started
-            if first_processed is None:
-                first_processed = counts.processed
-            finished_since = counts.processed - first_processed
-            if finished_since > 0 and counts.elapsed > 0:
-                counts.eta = (counts.pending + counts.running) * counts.elapsed / finished_since
-            counts.timed_out = (
-                not counts.finished and timeout is not None and counts.elapsed >= timeout
-            )
-            if counts.finished or counts.timed_out:
-                counts.unsuccessful = watcher.name_unsuccessful_jobs()
-            if progress is not None:
-                progress(counts)
-            if counts.finished or counts.timed_out:
-                return counts
-            pause = interval if timeout is None else min(interval, timeout - counts.elapsed)
-            time.sleep(max(pause, 0.0))
-    finally:
-        watcher.close()
+    with _failing_as_runtime_error(path):
+        watcher = JobWatcher(path, warn=warn)
+        try:
+            check_file_locking(path, fd=watcher.jobfile.fd)
+            started = time.monotonic()
+            first_processed: int | None = None
+            while True:
+                counts = watcher.look()
+                now = time.monotonic()
+                counts.elapsed = now - started
+                if first_processed is None:
+                    first_processed = counts.processed
+                finished_since = counts.processed - first_processed
+                if finished_since > 0 and counts.elapsed > 0:
+                    counts.eta = (counts.pending + counts.running) * counts.elapsed / finished_since
+                counts.timed_out = (
+                    not counts.finished and timeout is not None and counts.elapsed >= timeout
+                )
+                if counts.finished or counts.timed_out:
+                    counts.unsuccessful = watcher.name_unsuccessful_jobs()
+                if progress is not None:
+                    progress(counts)
+                if counts.finished or counts.timed_out:
+                    return counts
+                pause = interval if timeout is None else min(interval, timeout - counts.elapsed)
+                time.sleep(max(pause, 0.0))
+        finally:
+            watcher.close()
 
 
 def progress_cells(counts: JobCounts, width: int = _PROGRESS_CELLS) -> str:

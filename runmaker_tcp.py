@@ -34,8 +34,10 @@ from runmaker import (
     _REFRESH_GAP,
     _TCP_PORT,
     Claim,
+    IdleReason,
     JobFile,
     RunmakerError,
+    RunmakerFailure,
     Scheduler,
     Worker,
     WorkerOptions,
@@ -46,6 +48,7 @@ from runmaker import (
     _write_all,
     check_file_locking,
     short_hostname,
+    work_is_over,
 )
 
 __all__ = ["ServerOptions", "TcpTimings", "run_tcp_client", "serve_job_file"]
@@ -173,10 +176,8 @@ class _ConnectionGone(_PeerError):
     """The connection itself ended: closed, reset or timed out."""
 
 
-class _ServerGone(click.ClickException):
+class _ServerGone(RunmakerFailure):
     """A client found no server for longer than it waits: one ``Error:`` line, exit status 1."""
-
-    exit_code = 1
 
 
 class _Interrupted(Exception):
@@ -515,7 +516,7 @@ class _Server:
         self._accept_again: float | None = None
         self._failures = 0
         self._replaced = False
-        self._nothing_left: str | None = None  # "done" or "blocked", once seen idle
+        self._nothing_left: IdleReason | None = None  # DONE or BLOCKED, once seen
         self._block = ""
         self._next_look = 0.0
 
@@ -652,11 +653,12 @@ class _Server:
         # Nobody asks: look for anything left to run, as seldom as a worker would.
         ended = self._scheduler.nothing_left()
         self._next_look = time.monotonic() + max(_POLL, 20 * (time.monotonic() - now))
-        if ended:
-            self._nothing_left = ended
-            if ended == "blocked":
-                self._block = self._scheduler.describe_block()
-        return ended is not None
+        if not work_is_over(ended, running=False, follow=False):
+            return False
+        self._nothing_left = ended
+        if ended is IdleReason.BLOCKED:
+            self._block = self._scheduler.describe_block()
+        return True
 
     # -- peers -------------------------------------------------------------
 
@@ -887,9 +889,9 @@ class _Server:
                 room -= len(encoded) + 32
             if len(claims) < want:
                 reason = scheduler.idle_reason
-                if reason in ("done", "blocked") and not (scheduler.held or self._options.follow):
+                if work_is_over(reason, running=bool(scheduler.held), follow=self._options.follow):
                     self._nothing_left = reason
-                    if reason == "blocked":
+                    if reason is IdleReason.BLOCKED:
                         self._block = scheduler.describe_block()
                 break
         return jobs
@@ -937,7 +939,7 @@ class _RemoteSource:
     def __init__(self, channel: _Channel, timings: TcpTimings) -> None:
         self.channel = channel
         self.timings = timings
-        self.idle_reason: str | None = None
+        self.idle_reason: IdleReason | None = None
         self.ended = False  # the server said nothing is left
         self.gone: str | None = None  # why the connection is lost
         self.succeeded = False
@@ -957,10 +959,8 @@ class _RemoteSource:
     def claim_jobs(self, count: int, *, idle: bool = False) -> list[Claim]:
         """Ask the server for up to ``count`` jobs and wait for its answer."""
         self._serve()
-        if count <= 0:
-            return []  # a worker's look for new lines: the server's business here
         if self.gone or self.ended or self._stop:
-            self.idle_reason = ("blocked" if self._block else "done") if self.ended else "waiting"
+            self.idle_reason = self._why_idle()
             return []
         now = time.monotonic()
         if now < self._quiet_until:
@@ -973,11 +973,15 @@ class _RemoteSource:
             self._lose(str(exc))
             claims = []
         if len(claims) < count:
-            self.idle_reason = ("blocked" if self._block else "done") if self.ended else "waiting"
+            self.idle_reason = self._why_idle()
             self._quiet_until = now + _REFRESH_GAP
         else:
             self.idle_reason = None
         return claims
+
+    def refresh(self) -> None:
+        """New lines and caps are the server's business: just serve the connection."""
+        self._serve()
 
     def finish_job(self, claim: Claim, state: str) -> None:
         self._held.discard(claim.line)
@@ -997,6 +1001,11 @@ class _RemoteSource:
 
     def describe_block(self) -> str:
         return self._block
+
+    def _why_idle(self) -> IdleReason:
+        if not self.ended:
+            return IdleReason.WAITING
+        return IdleReason.BLOCKED if self._block else IdleReason.DONE
 
     # -- the Link ----------------------------------------------------------
 
