@@ -714,6 +714,7 @@ class Claim:
     line: int
     command: bytes
     slot: int | None = None
+    claimed_from: str = "."  # the state it had when claimed (to put it back unrun)
 
 
 class Scheduler:
@@ -992,7 +993,7 @@ class Scheduler:
         self._dirty = True
         self._acted_since_rescan = True
         self.states[index] = _RUNNING
-        claim = Claim(index, self.jobfile.lines[index], self.jobfile.command(index), slot)
+        claim = Claim(index, self.jobfile.lines[index], self.jobfile.command(index), slot, chr(state))
         self.held[index] = claim
         self.attempted.add(index)
         return claim
