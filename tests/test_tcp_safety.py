@@ -73,7 +73,11 @@ class Partition:
             for sock in ready:
                 if sock is self.listener:
                     inner, _ = self.listener.accept()
-                    outer = socket.create_connection(("127.0.0.1", self.target))
+                    try:
+                        outer = socket.create_connection(("127.0.0.1", self.target))
+                    except OSError:  # the server is gone
+                        inner.close()
+                        continue
                     pairs[inner], pairs[outer] = outer, inner
                     self.socks += [inner, outer]
                     continue
@@ -85,11 +89,15 @@ class Partition:
                     data = b""
                 other = pairs[sock]
                 if data:
-                    other.sendall(data)
-                else:
-                    for s in (sock, other):
-                        pairs.pop(s, None)
-                        s.close()
+                    try:
+                        other.sendall(data)
+                    except OSError:
+                        data = b""
+                if data:
+                    continue
+                for end in (sock, other):
+                    pairs.pop(end, None)
+                    end.close()
 
     def close(self) -> None:
         self.done.set()
@@ -151,28 +159,28 @@ def test_a_client_with_an_unread_console_is_not_dropped_and_a_cut_one_never_over
     """Its console is a pipe nobody reads: the client stops reading its job's
     output (back-pressure) but keeps its heartbeats, so the server keeps it.
     Then the network goes silent: the server drops it and hands its job on
-    (--retry, to a second client) only after the client has stopped it."""
+    (to a file-mode worker with -r on the server's host) only after the
+    client has stopped it."""
     runs = write_jobs(tmp_path / "runs.txt", [
         RECORDED + "yes output-line-of-a-chatty-job | head -c 4000000; sleep 1",
     ])
     timings = dict(FAST)
     tcp = Tcp(tmp_path, tcp_procs, **timings)
-    server, port = tcp.serve(runs, "--retry", "--follow")
+    server, port = tcp.serve(runs, "--follow")
     relay = Partition(port)
     try:
         stalled = start_piped(tcp, "stalled", relay.port, "-j1")
-        wait_for(lambda: events(tmp_path), what="the job started")
-        wait_for(lambda: pipe_is_full(stalled), what="the console pipe full")
+        wait_for(lambda: events(tmp_path), timeout=20, what="the job started")
+        wait_for(lambda: pipe_is_full(stalled), timeout=30, what="the console pipe full")
         # Three times the server's silence deadline with a console nobody reads.
         time.sleep(3 * 1.5)  # FAST: the server gives up a client silent for 1.5 s
         assert "dropped" not in tcp.err("server"), tcp.err("server")
         assert states(runs) == "r"
-        other = tcp.connect("other", port, "-j1")  # waits: nothing is free to run
-        wait_for(lambda: tcp.err("server").count("authenticated") == 2, what="the second client")
         relay.cut.set()
+        other = tcp.start("other", "-r", "--follow", str(runs))  # a worker on the file itself
         wait_for(lambda: "dropped (silent for" in tcp.err("server"), what="the stalled client dropped")
-        # With --retry the job runs again on the other client, but only once
-        # the first copy is gone: the flock in the job tells.
+        # With -r the job runs again, but only once the first copy is gone:
+        # the flock in the job tells.
         wait_for(lambda: len([e for e in events(tmp_path) if e[0] == "start"]) == 2, timeout=30,
                  what="the job run again by the other client")
         wait_for(lambda: len([e for e in events(tmp_path) if e[0] == "end"]) == 2, timeout=30,
@@ -190,7 +198,8 @@ def test_a_client_with_an_unread_console_is_not_dropped_and_a_cut_one_never_over
         reader = drain(stalled.stdout)
         server.send_signal(signal.SIGTERM)
         assert ended(server) == 130
-        assert ended(other) == 0, tcp.err("other")
+        other.send_signal(signal.SIGTERM)
+        assert ended(other) == 130, tcp.err("other")
         stalled.send_signal(signal.SIGTERM)
         ended(stalled)
         reader.join(timeout=10)
@@ -208,7 +217,7 @@ def test_a_client_stopped_for_less_than_the_deadline_keeps_its_job(tmp_path: Pat
     server, port = tcp.serve(runs, "--retry")
     client = tcp.connect("client", port, "-j1")
     other = tcp.connect("other", port, "-j1")
-    wait_for(lambda: events(tmp_path), what="the job started")
+    wait_for(lambda: events(tmp_path), timeout=20, what="the job started")
     pgid = events(tmp_path)[0][3]
     try:
         # Stopped for longer than its own silence deadline (it reads what the
@@ -235,12 +244,12 @@ def test_a_client_stopped_for_longer_has_its_job_handed_on_only_once_stopped(
     """Stopped past the server's deadline: the server drops it but keeps its
     job locked; continued, the client finds the connection gone and stops
     the job; only then (its silence deadline and kill grace after the drop)
-    does the server mark it 'e' and hand it on (--retry)."""
+    does the server mark it 'e' and hand it on (to a worker with -r)."""
     runs = write_jobs(tmp_path / "runs.txt", [RECORDED + "sleep 60"])
     tcp = Tcp(tmp_path, tcp_procs, **FAST)
-    server, port = tcp.serve(runs, "--retry", "--follow")
+    server, port = tcp.serve(runs, "--follow")
     client = tcp.connect("client", port, "-j1")
-    wait_for(lambda: events(tmp_path), what="the job started")
+    wait_for(lambda: events(tmp_path), timeout=20, what="the job started")
     pgid = events(tmp_path)[0][3]
     try:
         client.send_signal(signal.SIGSTOP)
@@ -248,15 +257,17 @@ def test_a_client_stopped_for_longer_has_its_job_handed_on_only_once_stopped(
         assert states(runs) == "r"  # still held: the client may not know yet
         client.send_signal(signal.SIGCONT)
         wait_for(lambda: not group_alive(pgid), what="the client stopping its job")
-        other = tcp.connect("other", port, "-j1")
+        other = tcp.start("other", "-r", "--follow", str(runs))  # a worker on the file itself
         wait_for(lambda: len(events(tmp_path)) >= 3, timeout=30, what="the job run again")
         assert overlaps(tmp_path) == []
         assert re.search(r"its 1 running jobs \(line 1\) end 'e' in [\d.]+ s, once it has surely stopped them",
                          tcp.err("server")), tcp.err("server")
+        assert states(runs) == "r"  # the worker's second run
         server.send_signal(signal.SIGTERM)
-        server.send_signal(signal.SIGTERM)
-        ended(server, timeout=30)
-        ended(other, timeout=30)
+        assert ended(server) == 130
+        other.send_signal(signal.SIGTERM)
+        other.send_signal(signal.SIGTERM)
+        assert ended(other) == 130
     finally:
         kill_group(pgid)
         for _, _, _, pid, _ in events(tmp_path):
@@ -275,7 +286,7 @@ def test_a_timeout_fires_on_time_while_the_server_is_stopped(tmp_path: Path, tcp
     server, port = tcp.serve(runs)
     # -j2 with one job: the client keeps asking the server for a second one.
     client = tcp.connect("client", port, "-j2", "--timeout", "2")
-    wait_for(lambda: events(tmp_path), what="the job started")
+    wait_for(lambda: events(tmp_path), timeout=20, what="the job started")
     server.send_signal(signal.SIGSTOP)
     _, _, _, pgid, started = events(tmp_path)[0]
     try:
