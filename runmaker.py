@@ -452,6 +452,8 @@ class JobFile:
         self.max_running: int | None = None
         # The highest cap the file ever set: no worker holds a slot above it.
         self.max_running_peak = 0
+        # The lines each '#runmaker kill' names, in file order (runset --kill).
+        self.kills: list[tuple[int, ...]] = []
         self.size = 0  # bytes indexed
         self.line_count = 0
         self.shrunk = False  # the file got shorter: someone broke the rules
@@ -601,6 +603,8 @@ class JobFile:
                 self.max_running_peak = max(self.max_running_peak, self.max_running)
             else:
                 self._warn_line(line, "max-running takes a whole number or 'none'")
+        elif words[:1] == [b"kill"] and len(words) > 1 and all(w.isdigit() for w in words[1:]):
+            self.kills.append(tuple(int(w) for w in words[1:]))
         else:
             self._warn_line(line, "unknown #runmaker directive (known: max-running N|none, barrier)")
 
@@ -1288,6 +1292,7 @@ class _Running:
     kill_at: float | None = None
     timed_out: bool = False
     interrupted: bool = False
+    killed: bool = False  # by runset --kill
 
 
 class _OutputBuffer:
@@ -1588,6 +1593,21 @@ class Worker:
                 pass
         self._running.clear()
 
+    def kill_job(self, line: int) -> bool:
+        """Stop the running job of ``line`` (runset --kill); False if none runs here.
+
+        SIGTERM to its process group, SIGKILL after the grace; it ends '!'
+        with status ``killed`` and is not run again by --retries.
+        """
+        for job in self._running.values():
+            if job.claim.line == line and not job.killed:
+                job.killed = True
+                if job.kill_at is None:
+                    job.kill_at = time.monotonic() + _KILL_GRACE
+                _signal_group(job.pid, signal.SIGTERM)
+                return True
+        return False
+
     def _kill_all(self) -> None:
         """SIGTERM to every job's process group, SIGKILL later; they end 'e'."""
         deadline = time.monotonic() + _KILL_GRACE
@@ -1709,7 +1729,7 @@ class Worker:
             self._read_output(job, fd, stream, until_empty=True)
             if fd in job.streams:
                 self._close_stream(job, fd, stream)
-        if job.timed_out or job.interrupted:
+        if job.timed_out or job.interrupted or job.killed:
             # Background grandchildren of a stopped job go with it.
             _signal_group(job.pid, signal.SIGKILL)
         if job.files:
@@ -1718,7 +1738,9 @@ class Worker:
             job.files = None
         code = os.waitstatus_to_exitcode(wait_status)
         signum = -code if code < 0 else 0
-        if job.timed_out and not job.interrupted:
+        if job.killed and not job.interrupted:
+            outcome = _Outcome("!", "killed", -1, signum)
+        elif job.timed_out and not job.interrupted:
             outcome = _Outcome("!", "timeout", -1, signum)
         elif code < 0:
             outcome = _Outcome("!", f"signal {_signal_name(signum)}", 0, signum)
@@ -1738,7 +1760,9 @@ class Worker:
         self._record(
             job.claim, job.tail, status, job.started, time.monotonic() - job.started_mono, outcome
         )
-        if outcome.state == "!" and job.attempt <= self.options.retries and not self._draining:
+        if outcome.state == "!" and job.attempt <= self.options.retries and not (
+            self._draining or job.killed
+        ):
             self._start(job.claim, job.attempt + 1, job.local_slot)
             return
         self._finish(job.claim, outcome.state, job.local_slot)

@@ -69,7 +69,8 @@ __all__ = ["ServerOptions", "TcpTimings", "run_tcp_client", "serve_job_file"]
 # both ways before any command or state crosses:
 #
 #   server: {"runmaker": 1, "nonce": NS}
-#   client: {"nonce": NC, "proof": HMAC(token, "client" NS NC), "host": H, "jobs": J}
+#   client: {"nonce": NC, "proof": HMAC(token, "client" NS NC), "host": H, "jobs": J,
+#            "silence": S, "grace": G}   (its silence deadline and kill grace)
 #   server: {"proof": HMAC(token, "server" NS NC), "file": PATH, "host": H}
 #           or {"denied": WHY}, and it hangs up
 #
@@ -80,11 +81,15 @@ __all__ = ["ServerOptions", "TcpTimings", "run_tcp_client", "serve_job_file"]
 # the JSON: a line injected, replayed, reordered or reflected by someone
 # without the token is refused.  There is no encryption (see the README).
 #
-#   client: claim {n, done}   done {done}   ping   bye
-#   server: jobs {jobs}       end {block}   stop   ping   bye
+#   client: claim {n, done}   done {done}   back {lines}   ping   bye
+#   server: jobs {jobs}       end {block}   stop   kill {lines}   ping   bye
 #
 # ``done`` lists [line, state] of jobs the client finished; each ``claim``
-# is answered at once by one ``jobs`` with up to n [line, base64 command];
+# is answered at once by one ``jobs`` with up to n [line, base64 command]
+# (the client reads the answer when it comes, never waiting for it);
+# ``back`` gives jobs back that the client got but never started (it
+# stopped claiming meanwhile): they are pending again; ``kill`` names jobs
+# a kill line (runset --kill) stops: the client ends them '!' (killed);
 # ``end`` says nothing is left (the same rule as a worker's), ``stop`` that
 # the server was signalled twice.  Either side pings after ``heartbeat``
 # seconds of sending nothing and gives up a peer silent for longer than its
@@ -550,6 +555,7 @@ class _Peer:
     release: float  # seconds to keep its jobs locked once it is lost
     host: str | None = None  # the client's host name, once authenticated
     claims: dict[int, Claim] = field(default_factory=dict)  # by line number
+    kills_at: dict[int, int] = field(default_factory=dict)  # line -> kill lines known when claimed
     closing: bool = False  # its last message is queued: hang up once it is sent
     shut: bool = False  # the last message is sent: wait for the peer to hang up
     events: int = 0
@@ -637,6 +643,8 @@ class _Server:
         self._nothing_left: IdleReason | None = None  # DONE or BLOCKED, once seen
         self._block = ""
         self._next_look = 0.0
+        self._next_refresh = 0.0
+        self._kills_known = len(scheduler.jobfile.kills)  # older ones stopped older runs
 
     def run(self) -> int:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -668,6 +676,7 @@ class _Server:
             self._handle_signals()
             now = time.monotonic()
             wake_at = self._keep_time(now)
+            self._pass_kills(now)
             self._scheduler.commit()
             if self._is_over(now):
                 return
@@ -750,6 +759,24 @@ class _Server:
             else:
                 wake_at = min(wake_at, self._accept_again)
         return wake_at
+
+    def _pass_kills(self, now: float) -> None:
+        """runset --kill: tell the client running a job a new kill line names to stop it.
+
+        A kill line acts on the runs that were going when it was appended:
+        one read before a job was claimed does not touch that run.
+        """
+        if self._scheduler.held and now >= self._next_refresh:
+            self._scheduler.refresh()  # reads appended lines, kill lines among them
+            self._next_refresh = now + _REFRESH_GAP
+        kills = self._scheduler.jobfile.kills
+        for number in range(self._kills_known, len(kills)):
+            for peer in self._clients():
+                lines = [line for line in kills[number]
+                         if line in peer.claims and peer.kills_at.get(line, 0) <= number]
+                if lines:
+                    self._send(peer, {"t": "kill", "lines": lines})
+        self._kills_known = len(kills)
 
     def _mark_errors(self, claims: list[Claim]) -> None:
         for claim in claims:
@@ -1054,6 +1081,7 @@ class _Server:
                     self._mark_errors([claim])
                     continue
                 peer.claims[claim.line] = claim
+                peer.kills_at[claim.line] = len(scheduler.jobfile.kills)
                 encoded = base64.b64encode(claim.command).decode("ascii")
                 jobs.append([claim.line, encoded])
                 room -= len(encoded) + 32
@@ -1509,6 +1537,7 @@ class _TcpClient:
         try:
             worker = Worker(remote, self.options, self.records, console=self.console,
                             notify=self.notify, link=remote)
+            remote.on_kill = worker.kill_job
             code = worker.run()
         finally:
             remote.close()

@@ -7,6 +7,7 @@ loop waits on anything but its own timers."""
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 import select
 import signal
@@ -22,6 +23,8 @@ from typing import IO
 import pytest
 from conftest import Procs, states, wait_for, write_jobs
 from test_tcp import FAST, Tcp, ended, free_port, group_alive, kill_group
+
+from runmaker import append_to_shared_file
 
 # A job that records its start and end (host, pid, time) in events.txt and
 # notes in overlap.txt when it starts while any process of another copy of
@@ -435,3 +438,80 @@ def test_a_server_whose_stderr_is_full_goes_on(tmp_path: Path, tcp_procs: Procs)
         assert states(runs) == "dddd"
     finally:
         bad.close()
+
+
+# --------------------------------------------------------------------------
+# runset --kill reaches a client's job; jobs given but never started go back
+# --------------------------------------------------------------------------
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append as runset does: whole, under the append lock."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        append_to_shared_file(fd, line.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.timeout(60)
+def test_a_kill_line_stops_a_clients_job_and_an_older_one_does_not(tmp_path: Path, tcp_procs: Procs) -> None:
+    runs = tmp_path / "runs.txt"
+    runs.write_text("#runmaker kill 2\n"  # older than any run of line 2: touches none
+                    f". {RECORDED}sleep 60\n"
+                    f". {RECORDED}sleep 0.2\n")
+    tcp = Tcp(tmp_path, tcp_procs, **FAST)
+    server, port = tcp.serve(runs)
+    client = tcp.connect("client", port, "-j2", "--retries", "2")
+    wait_for(lambda: len(events(tmp_path)) >= 3 and states(runs) == "rd", what="both jobs started, one done")
+    pgid = next(pid for kind, line, _, pid, _ in events(tmp_path) if kind == "start" and line == 2)
+    try:
+        started = time.monotonic()
+        append_line(runs, "#runmaker kill 2")
+        wait_for(lambda: not group_alive(pgid), what="the job killed")
+        print(f"figure: a kill line stopped the client's job in {time.monotonic() - started:.2f} s")
+        assert ended(client) == 1, tcp.err("client")
+        assert ended(server) == 1, tcp.err("server")
+        assert states(runs) == "!d"  # killed: not run again by --retries
+        ends = re.findall(r'^status \(\S+,\d+\): (exit \d+|killed|\w+) "', tcp.out("client"), re.MULTILINE)
+        assert [end for end in ends if end != "forked"] == ["exit 0", "killed"]
+        assert [line for kind, line, *_ in events(tmp_path) if kind == "start"] == [2, 3]
+    finally:
+        kill_group(pgid)
+
+
+def received_bytes(port: int) -> int:
+    """Bytes the server has not read yet on its connections (its Recv-Q)."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(int(row.split()[0]) for row in out.splitlines())
+
+
+@pytest.mark.timeout(60)
+def test_jobs_given_after_a_drain_began_go_back_unrun(tmp_path: Path, tcp_procs: Procs) -> None:
+    runs = write_jobs(tmp_path / "runs.txt", [
+        "echo $$ > pid; while [ ! -e go ]; do sleep 0.05; done",
+        "echo ran >> ran.txt",
+    ])
+    tcp = Tcp(tmp_path, tcp_procs)  # real deadlines: the client waits 15 s for a stopped server
+    server, port = tcp.serve(runs)
+    client = tcp.connect("client", port, "-j1")
+    wait_for(lambda: (tmp_path / "pid").exists(), what="job 1 running")
+    try:
+        server.send_signal(signal.SIGSTOP)
+        (tmp_path / "go").touch()
+        # Job 1's state and the next claim wait, unread, in the stopped server's socket.
+        wait_for(lambda: received_bytes(port) >= 180, what="the state and a claim sent")
+        client.send_signal(signal.SIGINT)  # drain: no new job may start
+        wait_for(lambda: "draining" in tcp.err("client"), what="the client draining")
+        server.send_signal(signal.SIGCONT)  # it answers the claim with job 2
+        assert ended(client) == 130, tcp.err("client")
+        assert states(runs) == "d."
+        assert not (tmp_path / "ran.txt").exists()
+        assert tcp.out("client").count("executing `") == 1
+        assert "dropped" not in tcp.err("server")
+        server.send_signal(signal.SIGTERM)
+        assert ended(server) == 130
+        assert states(runs) == "d."
+    finally:
+        server.send_signal(signal.SIGCONT)
