@@ -22,6 +22,7 @@ import array
 import bisect
 import collections
 import contextlib
+import dataclasses
 import enum
 import errno
 import fcntl
@@ -36,8 +37,9 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, BinaryIO, Literal, Protocol
 
 import click
 
@@ -72,6 +74,7 @@ __all__ = [
     "run_worker",
     "set_job_states",
     "short_hostname",
+    "stop_signals_waking",
     "wait_for_jobs",
     "work_is_over",
 ]
@@ -92,7 +95,7 @@ STATE_NAMES = {
 }
 
 # State bytes as the ints that indexing ``bytes`` gives.
-_PENDING, _HIGH, _RUNNING, _DONE, _FAILED, _ERROR, _RETIRED = b".+rd!e-"
+_PENDING, _HIGH, _RUNNING, _DONE, _FAILED, _ERROR = b".+rd!e"
 
 # A job line's first byte may be anything but these: '#' and '/' start
 # comments, white space starts a blank or mistaken line.
@@ -330,7 +333,7 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _shown(command: bytes) -> str:
+def _shown(command: bytes | bytearray) -> str:
     """A command as the user reads it: undecodable bytes replaced."""
     return command.decode("utf-8", "replace")
 
@@ -462,7 +465,8 @@ class JobFile:
         self._tail: tuple[int, int, int, int, int | None] | None = None
         self._warn = warn
         self._warned: set[int] = set()
-        self._getter: tuple[int, Callable[[bytes], object]] | None = None
+        # itemgetter of every state byte's offset: a tuple of ints, or one int for one job.
+        self._getter: tuple[int, Callable[[bytes], Any]] | None = None
 
     def close(self) -> None:
         os.close(self.fd)
@@ -502,7 +506,7 @@ class JobFile:
             if self._getter is None or self._getter[0] != count:
                 self._getter = (count, operator.itemgetter(*self.offsets))
             got = self._getter[1](data)
-            return bytes(got) if count > 1 else bytes((got,))  # type: ignore[arg-type]
+            return bytes(got) if count > 1 else bytes((got,))
         return bytes(data[self.offsets[i] - base] for i in range(first, len(self.offsets)))
 
     def command(self, index: int) -> bytes:
@@ -939,7 +943,7 @@ class Scheduler:
         self._normal.extend(m.start() for m in pattern.finditer(states, first))
 
     def _runnable(self, state: int, index: int) -> bool:
-        if state == _PENDING or state == _HIGH:
+        if state in (_PENDING, _HIGH):
             return True
         return self.retry and state in (_FAILED, _ERROR) and index not in self.attempted
 
@@ -971,7 +975,7 @@ class Scheduler:
                     claims.append(claim)
         return claims
 
-    def _claim(self, index: int) -> Claim | None | bool:
+    def _claim(self, index: int) -> Claim | None | Literal[False]:
         """Claim one job; None if it is not to be had, False if no slot is free."""
         slot = None
         if self.jobfile.max_running is not None:
@@ -1254,7 +1258,7 @@ class _Records:
 # --------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class WorkerOptions:
     """What a worker does with the jobs it claims (the command's options)."""
 
@@ -1272,27 +1276,200 @@ class WorkerOptions:
     job_file: str = ""  # RUNMAKER_FILE: absolute path of the job file
 
 
-@dataclass(eq=False)
-class _Running:
-    """One attempt of a claimed job, running in its own process group."""
+class _JobProcess:
+    """One attempt of a claimed job: its process group and its output.
 
-    claim: Claim
-    attempt: int
-    local_slot: int
-    pid: int
-    started: float
-    started_mono: float
-    tags: tuple[bytes, bytes]  # console prefixes for stdout and stderr
-    log_tags: tuple[bytes, bytes]
-    streams: dict[int, int]  # pipe fd -> 0 (stdout) or 1 (stderr)
-    partial: list[bytes]
-    tail: collections.deque[bytes] | None
-    files: tuple[int, int] | None  # --logdir LINE.out, LINE.err
-    deadline: float | None
-    kill_at: float | None = None
-    timed_out: bool = False
-    interrupted: bool = False
-    killed: bool = False  # by runset --kill
+    Started with posix_spawn in its own session (so its whole process group
+    can be signalled), stdin ``/dev/null``, stdout and stderr on pipes.  What
+    the pipes bring is written as it comes to the ``--logdir`` files, split
+    into whole lines and tagged: console lines are appended to ``console``
+    (the Worker's buffer, written out by its loop), or, with a shared log,
+    the last lines are kept in ``tail`` for the job's log block.  No line is
+    ever cut by another job's, since only whole lines leave this class.
+    """
+
+    def __init__(
+        self,
+        claim: Claim,
+        attempt: int,
+        local_slot: int,
+        *,
+        env: dict[str, str],
+        host: bytes,
+        files: tuple[int, int] | None,
+        tail: collections.deque[bytes] | None,
+        timeout: float | None,
+        console: list[bytes],
+        notify: Callable[[str], None],
+    ) -> None:
+        """Start the job; raises OSError or ValueError if it cannot be."""
+        self.claim = claim
+        self.attempt = attempt
+        self.local_slot = local_slot
+        self.files = files  # --logdir LINE.out, LINE.err
+        self.tail = tail
+        self._console = console
+        self._notify = notify
+        self.pid = self._spawn(claim.command, env)
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+        self.deadline = self.started_mono + timeout if timeout else None
+        self.kill_at: float | None = None
+        self.timed_out = False
+        self.interrupted = False
+        self.killed = False  # by runset --kill
+        pid_tag = b"%s,%d" % (host, self.pid)
+        self.pid_tag = pid_tag
+        self._tags = (b"stdout (" + pid_tag + b"): ", b"stderr (" + pid_tag + b"): ")
+        self._log_tags = (b": stdout (" + pid_tag + b"): ", b"! stderr (" + pid_tag + b"): ")
+        self._partial = [b"", b""]
+
+    def _spawn(self, command: bytes, env: dict[str, str]) -> int:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = os.posix_spawn(
+                "/bin/sh",
+                [b"/bin/sh", b"-c", command],
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, out_w, 1),
+                    (os.POSIX_SPAWN_DUP2, err_w, 2),
+                ],
+                setsid=True,  # its own session and process group, to signal it whole
+                # Python ignores SIGPIPE (and SIGXFSZ); a job must not
+                # inherit that, or `yes | head -1` would never end.
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            )
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        for fd in (out_r, err_r):
+            os.set_blocking(fd, False)
+        self.streams = {out_r: 0, err_r: 1}  # pipe fd -> 0 (stdout) or 1 (stderr)
+        return pid
+
+    # -- signals -----------------------------------------------------------
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the job's whole process group."""
+        _signal_group(self.pid, signum)
+
+    def interrupt(self, kill_at: float) -> None:
+        """SIGTERM now, SIGKILL at ``kill_at``; the job ends 'e'."""
+        self.interrupted = True
+        self.kill_at = kill_at
+        self.signal(signal.SIGTERM)
+
+    def kill(self, kill_at: float) -> None:
+        """runset --kill: SIGTERM now, SIGKILL at ``kill_at``; the job ends '!' (killed)."""
+        self.killed = True
+        if self.kill_at is None:
+            self.kill_at = kill_at
+        self.signal(signal.SIGTERM)
+
+    def enforce_deadlines(self, now: float) -> None:
+        """SIGKILL a stopped job whose grace is over; SIGTERM one past --timeout."""
+        if self.kill_at is not None and now >= self.kill_at:
+            self.signal(signal.SIGKILL)
+            self.kill_at = None
+            self.deadline = None
+        elif self.deadline is not None and now >= self.deadline and not self.timed_out:
+            self.timed_out = True
+            self.deadline = None
+            self.kill_at = now + _KILL_GRACE
+            self.signal(signal.SIGTERM)
+
+    # -- output ------------------------------------------------------------
+
+    def read(self, fd: int, *, until_empty: bool = False) -> bool:
+        """Take what pipe ``fd`` holds (one chunk, or all); True once it is at its end."""
+        stream = self.streams[fd]
+        while True:
+            try:
+                data = os.read(fd, _READ_CHUNK)
+            except BlockingIOError:
+                return False  # a background grandchild still holds the pipe open
+            if not data:
+                return True
+            self._take(stream, data)
+            if not until_empty:
+                return False
+
+    def close_stream(self, fd: int) -> None:
+        """Close pipe ``fd`` (the caller stopped watching it); emit its last partial line."""
+        stream = self.streams.pop(fd)
+        os.close(fd)
+        if self._partial[stream]:
+            rest, self._partial[stream] = self._partial[stream], b""
+            self._emit(stream, [rest])
+
+    def _take(self, stream: int, data: bytes) -> None:
+        if self.files is not None:
+            try:
+                _write_all(self.files[stream], data)
+            except OSError as exc:
+                # Keep the job running and its other records going.
+                self._notify(
+                    f"runmaker: line {self.claim.line}: cannot write to --logdir, "
+                    f"its files are left incomplete: {exc.strerror}"
+                )
+                self.close_files()
+        if self._partial[stream]:
+            data = self._partial[stream] + data
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if len(rest) >= _MAX_LINE:
+            lines.append(rest)  # a line without end: cut it rather than hoard it
+            rest = b""
+        self._partial[stream] = rest
+        if lines:
+            self._emit(stream, lines)
+
+    def _emit(self, stream: int, lines: list[bytes]) -> None:
+        if self.tail is not None:
+            keep = self.tail.maxlen
+            tag = self._log_tags[stream]
+            self.tail.extend(tag + line for line in (lines[-keep:] if keep else lines))
+            return
+        tag = self._tags[stream]
+        self._console.append(tag + (b"\n" + tag).join(lines) + b"\n")
+
+    # -- the end -----------------------------------------------------------
+
+    def close_files(self) -> None:
+        if self.files:
+            for fd in self.files:
+                os.close(fd)
+        self.files = None
+
+    def outcome(self, wait_status: int) -> _Outcome:
+        """How the job ended, from its wait status; the caller read its pipes to the end.
+
+        Background grandchildren of a stopped job go with it; its
+        ``--logdir`` files are closed.
+        """
+        if self.timed_out or self.interrupted or self.killed:
+            self.signal(signal.SIGKILL)
+        self.close_files()
+        code = os.waitstatus_to_exitcode(wait_status)
+        signum = -code if code < 0 else 0
+        if self.killed and not self.interrupted:
+            outcome = _Outcome("!", "killed", -1, signum)
+        elif self.timed_out and not self.interrupted:
+            outcome = _Outcome("!", "timeout", -1, signum)
+        elif code < 0:
+            outcome = _Outcome("!", f"signal {_signal_name(signum)}", 0, signum)
+        else:
+            outcome = _Outcome("d" if code == 0 else "!", f"exit {code}", code, 0)
+        if self.interrupted:
+            outcome.state = "e"
+        return outcome
 
 
 class _OutputBuffer:
@@ -1428,10 +1605,11 @@ class Worker:
         self._output = _OutputBuffer(self._write_console, _CONSOLE_BEHIND)
         self._output_paused = False  # the jobs' pipes wait for the console
         self._output_failure_told = False
-        self._running: dict[int, _Running] = {}  # pid -> attempt
+        self._room_r = -1  # readable once the console has room again
+        self._running: dict[int, _JobProcess] = {}  # pid -> attempt
         self._free_slots = list(range(options.jobs))
         self._poller = select.poll()
-        self._watched: dict[int, tuple[_Running, int]] = {}  # pipe fd -> (job, stream)
+        self._watched: dict[int, _JobProcess] = {}  # pipe fd -> its job
         self._signals: list[int] = []
         self._signals_seen = 0
         self._draining = False
@@ -1451,35 +1629,28 @@ class Worker:
 
     def run(self) -> int:
         """Run jobs until nothing is left (or a signal drains); return the exit status."""
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._poller.register(wake_r, select.POLLIN)
-        if self.link is not None:
-            self._poller.register(self.link.fileno(), select.POLLIN)
-        previous_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        previous = {
-            sig: signal.signal(sig, self._on_signal)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        }
-        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _wake_only)
-        self._output.on_room = lambda: _wake(wake_w)
-        try:
-            self._loop(wake_r)
-        except BaseException:
-            # A bug, or a file system failing under us: our job locks go
-            # with this process, so our jobs must not run on unowned
-            # (another worker would call them lost and, with -r, start them
-            # again while they still run).
-            self._stop_jobs_now()
-            raise
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            signal.set_wakeup_fd(previous_wakeup)
-            self._output.on_room = None
-            os.close(wake_r)
-            os.close(wake_w)
-            self._flush_console()
-            self._output.drain()
+        with stop_signals_waking(self._on_signal, children=True) as wake_r:
+            self._poller.register(wake_r, select.POLLIN)
+            if self.link is not None:
+                self._poller.register(self.link.fileno(), select.POLLIN)
+            self._room_r, room_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._poller.register(self._room_r, select.POLLIN)
+            self._output.on_room = lambda: _wake(room_w)
+            try:
+                self._loop(wake_r)
+            except BaseException:
+                # A bug, or a file system failing under us: our job locks go
+                # with this process, so our jobs must not run on unowned
+                # (another worker would call them lost and, with -r, start them
+                # again while they still run).
+                self._stop_jobs_now()
+                raise
+            finally:
+                self._output.on_room = None
+                os.close(self._room_r)
+                os.close(room_w)
+                self._flush_console()
+                self._output.drain()
         if self._signalled:
             return _EXIT_SIGNALLED
         return 1 if self._failures or self._replaced else 0
@@ -1523,11 +1694,10 @@ class Worker:
                     return
             timeout = self._next_timeout(now, waiting=self._may_claim())
             for fd, _ in self._poller.poll(None if timeout is None else timeout * 1000):
-                if fd == wake_r:
-                    _drain_wakeup(wake_r)
+                if fd in (wake_r, self._room_r):
+                    _drain_wakeup(fd)
                 elif fd in self._watched:  # not closed earlier in this round
-                    job, stream = self._watched[fd]
-                    self._read_output(job, fd, stream)
+                    self._read_output(self._watched[fd], fd)
             self._flush_console()
             self._heed_output()
 
@@ -1585,7 +1755,7 @@ class Worker:
     def _stop_jobs_now(self) -> None:
         """SIGKILL every running job's process group and reap it."""
         for job in self._running.values():
-            _signal_group(job.pid, signal.SIGKILL)
+            job.signal(signal.SIGKILL)
         for pid in list(self._running):
             try:
                 os.waitpid(pid, 0)
@@ -1601,10 +1771,7 @@ class Worker:
         """
         for job in self._running.values():
             if job.claim.line == line and not job.killed:
-                job.killed = True
-                if job.kill_at is None:
-                    job.kill_at = time.monotonic() + _KILL_GRACE
-                _signal_group(job.pid, signal.SIGTERM)
+                job.kill(time.monotonic() + _KILL_GRACE)
                 return True
         return False
 
@@ -1612,74 +1779,39 @@ class Worker:
         """SIGTERM to every job's process group, SIGKILL later; they end 'e'."""
         deadline = time.monotonic() + _KILL_GRACE
         for job in self._running.values():
-            job.interrupted = True
-            job.kill_at = deadline
-            _signal_group(job.pid, signal.SIGTERM)
+            job.interrupt(deadline)
 
     # -- starting and ending jobs -------------------------------------------
 
     def _start(self, claim: Claim, attempt: int, local_slot: int) -> None:
-        command = claim.command
-        quoted = _shown_bytes(command)
+        quoted = _shown_bytes(claim.command)
         if not self.options.quiet:
             self._console_parts.append(b"executing `" + quoted + b"'\n")
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
         env = dict(self._env)
         env["RUNMAKER_LINE"] = str(claim.line)
         env["RUNMAKER_SLOT"] = str(local_slot)
         files = None
         try:
             files = self.records.open_job_files(claim.line, attempt == 1)
-            pid = os.posix_spawn(
-                "/bin/sh",
-                [b"/bin/sh", b"-c", command],
-                env,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, out_w, 1),
-                    (os.POSIX_SPAWN_DUP2, err_w, 2),
-                ],
-                setsid=True,  # its own session and process group, to signal it whole
-                # Python ignores SIGPIPE (and SIGXFSZ); a job must not
-                # inherit that, or `yes | head -1` would never end.
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            job = _JobProcess(
+                claim, attempt, local_slot, env=env, host=self._host, files=files,
+                tail=collections.deque(maxlen=self.options.loglines or None)
+                if self.records.log_fd is not None
+                else None,
+                timeout=self.options.timeout, console=self._console_parts, notify=self.notify,
             )
         except (OSError, ValueError) as exc:
-            for fd in (out_r, err_r) + (files or ()):
+            for fd in files or ():
                 os.close(fd)
             reason = getattr(exc, "strerror", None) or str(exc)
             self._could_not_start(claim, attempt, local_slot, reason)
             return
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        now = time.monotonic()
-        pid_tag = b"%s,%d" % (self._host, pid)
-        job = _Running(
-            claim=claim,
-            attempt=attempt,
-            local_slot=local_slot,
-            pid=pid,
-            started=time.time(),
-            started_mono=now,
-            tags=(b"stdout (" + pid_tag + b"): ", b"stderr (" + pid_tag + b"): "),
-            log_tags=(b": stdout (" + pid_tag + b"): ", b"! stderr (" + pid_tag + b"): "),
-            streams={out_r: 0, err_r: 1},
-            partial=[b"", b""],
-            tail=collections.deque(maxlen=self.options.loglines or None)
-            if self.records.log_fd is not None
-            else None,
-            files=files,
-            deadline=now + self.options.timeout if self.options.timeout else None,
-        )
-        self._running[pid] = job
-        for fd in (out_r, err_r):
-            os.set_blocking(fd, False)
+        self._running[job.pid] = job
+        for fd in job.streams:
             self._poller.register(fd, 0 if self._output_paused else select.POLLIN)
-            self._watched[fd] = (job, job.streams[fd])
+            self._watched[fd] = job
         if not self.options.quiet:
-            self._console_parts.append(b"status (" + pid_tag + b'): forked "' + quoted + b'"\n')
+            self._console_parts.append(b"status (" + job.pid_tag + b'): forked "' + quoted + b'"\n')
 
     def _could_not_start(self, claim: Claim, attempt: int, local_slot: int, reason: str) -> None:
         outcome = _Outcome("e", f"error {reason}", -1, 0)
@@ -1711,43 +1843,17 @@ class Worker:
 
     def _enforce_deadlines(self, now: float) -> None:
         for job in self._running.values():
-            if job.kill_at is not None and now >= job.kill_at:
-                _signal_group(job.pid, signal.SIGKILL)
-                job.kill_at = None
-                job.deadline = None
-            elif job.deadline is not None and now >= job.deadline and not job.timed_out:
-                job.timed_out = True
-                job.deadline = None
-                job.kill_at = now + _KILL_GRACE
-                _signal_group(job.pid, signal.SIGTERM)
+            job.enforce_deadlines(now)
 
-    def _ended(self, job: _Running, wait_status: int) -> None:
+    def _ended(self, job: _JobProcess, wait_status: int) -> None:
         # A job's output ends with its shell: what the pipes hold now is
         # read, then they are closed, so a background process that writes
         # later gets EPIPE instead of writing into records already closed.
-        for fd, stream in list(job.streams.items()):
-            self._read_output(job, fd, stream, until_empty=True)
+        for fd in list(job.streams):
+            self._read_output(job, fd, until_empty=True)
             if fd in job.streams:
-                self._close_stream(job, fd, stream)
-        if job.timed_out or job.interrupted or job.killed:
-            # Background grandchildren of a stopped job go with it.
-            _signal_group(job.pid, signal.SIGKILL)
-        if job.files:
-            for fd in job.files:
-                os.close(fd)
-            job.files = None
-        code = os.waitstatus_to_exitcode(wait_status)
-        signum = -code if code < 0 else 0
-        if job.killed and not job.interrupted:
-            outcome = _Outcome("!", "killed", -1, signum)
-        elif job.timed_out and not job.interrupted:
-            outcome = _Outcome("!", "timeout", -1, signum)
-        elif code < 0:
-            outcome = _Outcome("!", f"signal {_signal_name(signum)}", 0, signum)
-        else:
-            outcome = _Outcome("d" if code == 0 else "!", f"exit {code}", code, 0)
-        if job.interrupted:
-            outcome.state = "e"
+                self._close_stream(job, fd)
+        outcome = job.outcome(wait_status)
         command = job.claim.command
         status = b"status (%s,%d): %s \"%s\"" % (
             self._host,
@@ -1791,60 +1897,14 @@ class Worker:
 
     # -- output ------------------------------------------------------------
 
-    def _read_output(self, job: _Running, fd: int, stream: int, *, until_empty: bool = False) -> None:
-        while True:
-            try:
-                data = os.read(fd, _READ_CHUNK)
-            except BlockingIOError:
-                return  # a background grandchild still holds the pipe open
-            if not data:
-                self._close_stream(job, fd, stream)
-                return
-            self._take_output(job, stream, data)
-            if not until_empty:
-                return
+    def _read_output(self, job: _JobProcess, fd: int, *, until_empty: bool = False) -> None:
+        if job.read(fd, until_empty=until_empty):
+            self._close_stream(job, fd)
 
-    def _close_stream(self, job: _Running, fd: int, stream: int) -> None:
+    def _close_stream(self, job: _JobProcess, fd: int) -> None:
         self._poller.unregister(fd)
         del self._watched[fd]
-        os.close(fd)
-        del job.streams[fd]
-        if job.partial[stream]:
-            rest, job.partial[stream] = job.partial[stream], b""
-            self._emit(job, stream, [rest])
-
-    def _take_output(self, job: _Running, stream: int, data: bytes) -> None:
-        if job.files is not None:
-            try:
-                _write_all(job.files[stream], data)
-            except OSError as exc:
-                # Keep the job running and its other records going.
-                self.notify(
-                    f"runmaker: line {job.claim.line}: cannot write to --logdir, "
-                    f"its files are left incomplete: {exc.strerror}"
-                )
-                for fd in job.files:
-                    os.close(fd)
-                job.files = None
-        if job.partial[stream]:
-            data = job.partial[stream] + data
-        lines = data.split(b"\n")
-        rest = lines.pop()
-        if len(rest) >= _MAX_LINE:
-            lines.append(rest)  # a line without end: cut it rather than hoard it
-            rest = b""
-        job.partial[stream] = rest
-        if lines:
-            self._emit(job, stream, lines)
-
-    def _emit(self, job: _Running, stream: int, lines: list[bytes]) -> None:
-        if job.tail is not None:
-            keep = job.tail.maxlen
-            tag = job.log_tags[stream]
-            job.tail.extend(tag + line for line in (lines[-keep:] if keep else lines))
-            return
-        tag = job.tags[stream]
-        self._console_parts.append(tag + (b"\n" + tag).join(lines) + b"\n")
+        job.close_stream(fd)
 
     def _flush_console(self) -> None:
         """Hand this turn's console lines to the output thread (never waits)."""
@@ -1887,6 +1947,35 @@ def _wake_only(signum: int, frame: object) -> None:
     """SIGCHLD handler: its only job is the byte on the wakeup pipe."""
 
 
+@contextlib.contextmanager
+def stop_signals_waking(
+    on_signal: Callable[[int, object], None], *, children: bool = False
+) -> Iterator[int]:
+    """Route SIGINT, SIGTERM and SIGHUP to ``on_signal``; yield a self-pipe's read end.
+
+    Every signal (with ``children``, SIGCHLD too) writes a byte to the pipe,
+    so a poll() on its read end wakes for it: the loop then acts on what
+    ``on_signal`` noted.  The handlers and the wakeup fd before are restored
+    on leaving.  Shared by the Worker's and the TCP server's loops.
+    """
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    previous = {
+        sig: signal.signal(sig, on_signal)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    if children:
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _wake_only)
+    try:
+        yield wake_r
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(previous_wakeup)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
 def _drain_wakeup(fd: int) -> None:
     try:
         while os.read(fd, 4096):
@@ -1917,7 +2006,6 @@ def _signal_name(signum: int) -> str:
 # holds its lock, so an 'r' written by hand would look lost at once.
 _SETTABLE = b".+d!e-"
 _JOB_SPEC = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")
-_MAX_RUNNING_ARG = re.compile(r"[0-9]+\Z|none\Z")
 _SUMMARY_ORDER = b"+.rd!e-"
 _UNKNOWN_STATE = re.compile(rb"[^.+rd!e\-]")
 _LIST_CHUNK = 1 << 16  # jobs formatted per piece of runset's output
@@ -2099,7 +2187,7 @@ def append_jobs(
     commands: Iterable[bytes] = (),
     *,
     high: bool = False,
-    max_running: int | str | None = None,
+    max_running: int | Literal["none"] | None = None,
     barrier: bool = False,
 ) -> int:
     """Append directives and new jobs to the job file at ``path`` as one record.
@@ -2113,18 +2201,13 @@ def append_jobs(
     other processes or hosts never tear its lines.  Returns the number of
     jobs appended.
 
-    Raises RunmakerError for an empty command, one with a line break in it,
-    or a ``max_running`` that is neither a whole number nor ``"none"``;
-    RunmakerFailure when the file system fails under it (a full disk).
+    Raises RunmakerError for an empty command or one with a line break in
+    it; RunmakerFailure when the file system fails under it (a full disk).
     """
     with _failing_as_runtime_error(path):
         state = b"+ " if high else b". "
         parts: list[bytes] = []
         if max_running is not None:
-            if not _MAX_RUNNING_ARG.match(str(max_running)):
-                raise RunmakerError(
-                    f"{path}: max-running takes a whole number or 'none', not {max_running!r}"
-                )
             parts.append(b"#runmaker max-running %s\n" % str(max_running).encode())
         if barrier:
             parts.append(b"#runmaker barrier\n")
@@ -2507,7 +2590,7 @@ def run_worker(
     jobfile = JobFile(path, warn=notify)
     try:
         check_file_locking(path, fd=jobfile.fd)
-        options.job_file = os.path.abspath(path)
+        options = dataclasses.replace(options, job_file=os.path.abspath(path))
         records = _Records(options, jobfile.identity)
         for fd, name, what in (
             (jobfile.fd, path, "its lines run as you"),
@@ -2532,7 +2615,7 @@ def run_worker(
 # The command
 # --------------------------------------------------------------------------
 
-@dataclass
+@dataclass(frozen=True)
 class _TcpCommand:
     """The TCP options of ``main``, checked against the rest."""
 
@@ -2543,17 +2626,9 @@ class _TcpCommand:
     token: str | None
     timings: str | None  # the hidden --tcp-timings: NAME=SECONDS,... (for tests)
 
-    @classmethod
-    def pop_from(cls, opts: dict[str, object]) -> _TcpCommand:
-        tcp = cls(
-            serve=bool(opts.pop("serve")),
-            connect=opts.pop("connect"),  # type: ignore[arg-type]
-            bind=opts.pop("bind"),  # type: ignore[arg-type]
-            port=opts.pop("port"),  # type: ignore[arg-type]
-            token=opts.pop("token"),  # type: ignore[arg-type]
-            timings=opts.pop("tcp_timings"),  # type: ignore[arg-type]
-        )
-        given = _given_options()
+    def check(self, given: set[str]) -> None:
+        """Refuse options that do not go with the mode (``given``: the options given)."""
+        tcp = self
         if tcp.serve and tcp.connect:
             raise click.UsageError("--serve and --connect exclude each other")
         if tcp.serve:
@@ -2574,7 +2649,6 @@ class _TcpCommand:
             wrong = given & {"bind", "port", "token"}
             if wrong:
                 raise click.UsageError(f"{_flags(wrong)}: only with --serve or --connect")
-        return tcp
 
     def run(self, file: str | None, options: WorkerOptions, *, retry: bool,
             console: BinaryIO, notify: Callable[[str], None]) -> int:
@@ -2631,7 +2705,7 @@ class OneLineErrorCommand(click.Command):
     def main(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
         kwargs["standalone_mode"] = False
         try:
-            code = super().main(*args, **kwargs)  # type: ignore[arg-type]
+            code = super().main(*args, **kwargs)  # type: ignore[call-overload]
         except click.ClickException as exc:
             program = kwargs.get("prog_name") or os.path.basename(sys.argv[0]) or self.name
             hint = f" (see '{program} --help')" if isinstance(exc, click.UsageError) else ""
@@ -2644,17 +2718,19 @@ class OneLineErrorCommand(click.Command):
 
 
 @click.command(cls=OneLineErrorCommand, context_settings=CLICK_CONTEXT)
-@click.argument("file", required=False)
+@click.argument("file", required=False, type=click.Path())
 @click.option("-j", "--jobs", type=click.IntRange(min=0), default=1, show_default=True,
               help="Jobs run at once by this worker; 0 = the CPUs this process may use.")
 @click.option("-r", "--retry", is_flag=True, help="Also run failed (!) and error (e) jobs, once each.")
-@click.option("-l", "--logfile", metavar="FILE",
+@click.option("-l", "--logfile", type=click.Path(), metavar="FILE",
               help="Append each finished job's block (last -n lines) to this shared log.")
 @click.option("-n", "--loglines", type=click.IntRange(min=0), default=3, show_default=True,
               help="Lines of a job kept in its log block, its status line included; 0 = all.")
 @click.option("-1", "--one-only", is_flag=True, help="Claim nothing more once one job succeeded.")
-@click.option("--logdir", metavar="DIR", help="Write every job's output to DIR/LINE.out and DIR/LINE.err.")
-@click.option("--joblog", metavar="FILE", help="Append a GNU parallel job log row per finished job.")
+@click.option("--logdir", type=click.Path(), metavar="DIR",
+              help="Write every job's output to DIR/LINE.out and DIR/LINE.err.")
+@click.option("--joblog", type=click.Path(), metavar="FILE",
+              help="Append a GNU parallel job log row per finished job.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop a job after SECONDS (SIGTERM, SIGKILL 5 s later); it ends '!'.")
 @click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True,
@@ -2673,7 +2749,12 @@ class OneLineErrorCommand(click.Command):
 @click.option("--tcp-timings", metavar="NAME=SECONDS,...", hidden=True,
               help="The TCP protocol's deadlines (runmaker_tcp.TcpTimings); for tests.")
 @click.version_option(__version__, "--version", prog_name="runmaker")
-def main(**opts: object) -> None:
+def main(
+    file: str | None, jobs: int, retry: bool, logfile: str | None, loglines: int, one_only: bool,
+    logdir: str | None, joblog: str | None, timeout: float | None, retries: int, follow: bool,
+    quiet: bool, serve: bool, connect: str | None, bind: str | None, port: int,
+    token: str | None, tcp_timings: str | None,
+) -> None:
     """Run the pending jobs of FILE, up to -j at a time, with any number of
     other workers on this or other hosts sharing FILE.
 
@@ -2683,17 +2764,19 @@ def main(**opts: object) -> None:
         runmaker --serve runs.txt                        (on the host with the file)
         runmaker --connect lab-ws --token TOKEN -j8      (on each other host)
     """
-    file = opts.pop("file")
-    retry = bool(opts.pop("retry"))
-    tcp = _TcpCommand.pop_from(opts)
-    if not file and not tcp.connect:
+    tcp = _TcpCommand(serve, connect, bind, port, token, tcp_timings)
+    tcp.check(_given_options())
+    if not file and not connect:
         raise click.UsageError("missing the job FILE")
-    jobs = int(opts.pop("jobs")) or len(os.sched_getaffinity(0))  # type: ignore[call-overload]
-    options = WorkerOptions(jobs=jobs, **opts)  # type: ignore[arg-type]
-    if tcp.serve or tcp.connect:
-        sys.exit(tcp.run(file, options, retry=retry, console=sys.stdout.buffer, notify=echo_to_stderr))  # type: ignore[arg-type]
-    code = run_worker(str(file), options, retry=retry, console=sys.stdout.buffer, notify=echo_to_stderr)
-    sys.exit(code)
+    options = WorkerOptions(
+        jobs=jobs or len(os.sched_getaffinity(0)), one_only=one_only, quiet=quiet, follow=follow,
+        timeout=timeout, retries=retries, logfile=logfile, loglines=loglines, logdir=logdir,
+        joblog=joblog,
+    )
+    console, notify = sys.stdout.buffer, echo_to_stderr
+    if serve or connect:
+        sys.exit(tcp.run(file, options, retry=retry, console=console, notify=notify))
+    sys.exit(run_worker(str(file), options, retry=retry, console=console, notify=notify))
 
 
 if __name__ == "__main__":

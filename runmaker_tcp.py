@@ -10,6 +10,7 @@ The contract is SPEC.md section 7.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import errno
 import hashlib
 import hmac
@@ -51,6 +52,7 @@ from runmaker import (
     _write_all,
     check_file_locking,
     short_hostname,
+    stop_signals_waking,
     work_is_over,
 )
 
@@ -179,7 +181,7 @@ class TcpTimings:
     def from_text(cls, text: str) -> TcpTimings:
         """Timings from ``NAME=SECONDS,...`` (the hidden option); raises ValueError."""
         values: dict[str, float] = {}
-        names = {f for f in cls.__dataclass_fields__}
+        names = set(cls.__dataclass_fields__)
         for item in filter(None, text.split(",")):
             name, equals, value = item.partition("=")
             name = name.strip().replace("-", "_")
@@ -647,25 +649,15 @@ class _Server:
         self._kills_known = len(scheduler.jobfile.kills)  # older ones stopped older runs
 
     def run(self) -> int:
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._poller.register(wake_r, select.POLLIN)
-        self._poller.register(self._listener.fileno(), select.POLLIN)
-        previous_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        previous = {
-            sig: signal.signal(sig, self._on_signal)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        }
-        try:
-            self._loop(wake_r)
-            self._say_goodbye(wake_r)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            signal.set_wakeup_fd(previous_wakeup)
-            for peer in self._peers.values():
-                peer.channel.close()
-            os.close(wake_r)
-            os.close(wake_w)
+        with stop_signals_waking(self._on_signal) as wake_r:
+            self._poller.register(wake_r, select.POLLIN)
+            self._poller.register(self._listener.fileno(), select.POLLIN)
+            try:
+                self._loop(wake_r)
+                self._say_goodbye(wake_r)
+            finally:
+                for peer in self._peers.values():
+                    peer.channel.close()
         if self._signals_seen:
             return _EXIT_SIGNALLED
         return 1 if self._failures or self._replaced else 0
@@ -742,7 +734,9 @@ class _Server:
                 if now - channel.last_sent >= self.timings.heartbeat:
                     self._send(peer, {"t": "ping"})
                 wake_at = min(
-                    wake_at, channel.last_sent + self.timings.heartbeat, channel.last_received + self.timings.server_silence
+                    wake_at,
+                    channel.last_sent + self.timings.heartbeat,
+                    channel.last_received + self.timings.server_silence,
                 )
         if self._lost:
             due = [claims for moment, claims in self._lost if moment <= now]
@@ -839,7 +833,9 @@ class _Server:
             self._make_room_for_stranger(origin)
             now = time.monotonic()
             busy = sum(map(len, self._strangers.values())) >= _MAX_STRANGERS // 2
-            wait = min(self.timings.auth_deadline, self.timings.auth_busy) if busy else self.timings.auth_deadline
+            wait = self.timings.auth_deadline
+            if busy:  # under pressure, a shorter handshake deadline
+                wait = min(wait, self.timings.auth_busy)
             sock.setblocking(False)
             _tune(sock)
             nonce = secrets.token_bytes(_NONCE_BYTES)
@@ -1230,7 +1226,10 @@ class _RemoteSource:
         if self.channel.sending:
             return 0.05
         channel = self.channel
-        moment = min(channel.last_sent + self.timings.heartbeat, channel.last_received + self.timings.client_silence)
+        moment = min(
+            channel.last_sent + self.timings.heartbeat,
+            channel.last_received + self.timings.client_silence,
+        )
         return max(0.0, moment - now)
 
     def broken(self) -> str | None:
@@ -1532,10 +1531,10 @@ class _TcpClient:
             delay = min(2 * delay, self.timings.backoff_max)
 
     def _run_jobs(self, remote: _RemoteSource, welcome: dict[str, object]) -> int:
-        self.options.job_file = str(welcome["file"])
-        self.notify(f"runmaker: connected to {self.name}, serving {self.options.job_file}")
+        options = dataclasses.replace(self.options, job_file=str(welcome["file"]))
+        self.notify(f"runmaker: connected to {self.name}, serving {options.job_file}")
         try:
-            worker = Worker(remote, self.options, self.records, console=self.console,
+            worker = Worker(remote, options, self.records, console=self.console,
                             notify=self.notify, link=remote)
             remote.on_kill = worker.kill_job
             code = worker.run()
