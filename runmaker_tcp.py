@@ -1154,6 +1154,7 @@ class _RemoteSource:
         self._held: set[int] = set()
         self._asked = 0  # jobs asked for by a claim not answered yet
         self._answered: list[Claim] = []  # jobs given for a claim, not yet taken by the Worker
+        self._fresh_answer = False
         self._said_bye = False
         self._quiet_until = 0.0
         self._poller = select.poll()
@@ -1221,8 +1222,13 @@ class _RemoteSource:
         return self.channel.sock.fileno()
 
     def timeout(self, now: float) -> float | None:
-        if self.gone or self._stop or self._done or self._answered:
-            return 0.0  # the worker is to act at once: on broken(), or to send or start
+        if self.gone or self._stop or self._done:
+            return 0.0  # the worker is to act at once: on broken(), or to send
+        if self._fresh_answer:
+            # Jobs came while the Worker's turn went on: one turn more at
+            # once to start them (it may not, once it stopped claiming).
+            self._fresh_answer = False
+            return 0.0
         if self.channel.sending:
             return 0.05
         channel = self.channel
@@ -1319,6 +1325,7 @@ class _RemoteSource:
         del self._unconfirmed[: self._confirmed_by_answer]
         self._confirmed_by_answer = 0
         self._answered += claims
+        self._fresh_answer = bool(claims)
         if len(claims) < self._asked:
             self.idle_reason = self._why_idle()
             self._quiet_until = time.monotonic() + _REFRESH_GAP
