@@ -423,14 +423,14 @@ class _Notices:
             self._buffer.put(f"runmaker: {self._dropped} lines not shown: stderr fell behind\n"
                              .encode())
             self._dropped = 0
-        self._buffer.put(message.encode("utf-8", "surrogateescape") + b"\n")
+        self._buffer.put(message.encode("utf-8", "surrogatepass") + b"\n")
 
     def drain(self) -> None:
         """Wait until every line is shown (or stderr failed)."""
         self._buffer.drain()
 
     def _write(self, data: bytes) -> None:
-        for line in data.decode("utf-8", "surrogateescape").splitlines():
+        for line in data.decode("utf-8", "surrogatepass").splitlines():
             self._notify(line)
 
 
@@ -647,6 +647,7 @@ class _Server:
         self._next_look = 0.0
         self._next_refresh = 0.0
         self._kills_known = len(scheduler.jobfile.kills)  # older ones stopped older runs
+        self._given_back: set[int] = set()  # indexes of jobs given back unrun, maybe pending
 
     def run(self) -> int:
         with stop_signals_waking(self._on_signal) as wake_r:
@@ -800,7 +801,11 @@ class _Server:
         # Nobody asks: look for anything left to run, as seldom as a worker would.
         ended = self._scheduler.nothing_left()
         self._next_look = time.monotonic() + max(_POLL, 20 * (time.monotonic() - now))
-        if not work_is_over(ended, running=False, follow=False):
+        # A job given back is pending, though the scheduler may not count it
+        # until its lock is released (the committer thread's, after fsync).
+        states = self._scheduler.states
+        self._given_back = {i for i in self._given_back if states[i] in b".+"}
+        if self._given_back or not work_is_over(ended, running=False, follow=False):
             return False
         self._nothing_left = ended
         if ended is IdleReason.BLOCKED:
@@ -1046,6 +1051,7 @@ class _Server:
                 raise _PeerError(f"gave back line {line}, which it does not hold")
             self._scheduler.finish_job(claim, claim.claimed_from)
             self._scheduler.attempted.discard(claim.index)
+            self._given_back.add(claim.index)
 
     def _hand_out(self, peer: _Peer, count: int) -> None:
         """Answer a claim: up to ``count`` jobs claimed for ``peer``, perhaps none."""

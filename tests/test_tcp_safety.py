@@ -382,7 +382,8 @@ def test_a_flood_of_strangers_neither_keeps_a_client_out_nor_fills_the_log(
         time.sleep(2.0)  # the flood goes on
         written = (tmp_path / "server.err").stat().st_size - before
         print(f"figure ({timings}): honest client in and done in {took:.2f} s under a flood of "
-              f"{flood.opened} connections; {written} bytes of server stderr")
+              f"{flood.opened} connections; {written} bytes of server stderr meanwhile, "
+              f"{(tmp_path / 'server.err').stat().st_size} in all")
         assert written < 4096, tcp.err("server")[-3000:]
         assert client.poll() is None  # --follow: it waits for more
         server.send_signal(signal.SIGTERM)
@@ -506,7 +507,7 @@ def test_jobs_given_after_a_drain_began_go_back_unrun(tmp_path: Path, tcp_procs:
         client.send_signal(signal.SIGINT)  # drain: no new job may start
         wait_for(lambda: "draining" in tcp.err("client"), what="the client draining")
         server.send_signal(signal.SIGCONT)  # it answers the claim with job 2
-        assert ended(client) == 130, tcp.err("client")
+        assert ended(client) == 130, tcp.err("client") + tcp.out("client") + tcp.err("server")
         assert states(runs) == "d."
         assert not (tmp_path / "ran.txt").exists()
         assert tcp.out("client").count("executing `") == 1
