@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from conftest import Procs, states, wait_for, write_jobs
-from test_tcp import FAST, Tcp, ended, free_port, group_alive, kill_group
+from conftest import Procs, states, wait_exit, wait_for, write_jobs
+from test_tcp import FAST, Tcp, free_port, group_alive, kill_group
 
 from runmaker import append_to_shared_file
 
@@ -200,11 +200,11 @@ def test_a_client_with_an_unread_console_is_not_dropped_and_a_cut_one_never_over
         wait_for(lambda: states(runs) == "d", timeout=30, what="the second copy done")
         reader = drain(stalled.stdout)
         server.send_signal(signal.SIGTERM)
-        assert ended(server) == 130
+        assert wait_exit(server) == 130
         other.send_signal(signal.SIGTERM)
-        assert ended(other) == 130, tcp.err("other")
+        assert wait_exit(other) == 130, tcp.err("other")
         stalled.send_signal(signal.SIGTERM)
-        ended(stalled)
+        stalled.wait(timeout=20)  # its stdout is the reader's
         reader.join(timeout=10)
     finally:
         relay.close()
@@ -228,9 +228,9 @@ def test_a_client_stopped_for_less_than_the_deadline_keeps_its_job(tmp_path: Pat
         client.send_signal(signal.SIGSTOP)
         time.sleep(2.5)
         client.send_signal(signal.SIGCONT)
-        assert ended(client) == 0, tcp.err("client")
-        assert ended(other) == 0, tcp.err("other")
-        assert ended(server) == 0, tcp.err("server")
+        assert wait_exit(client) == 0, tcp.err("client")
+        assert wait_exit(other) == 0, tcp.err("other")
+        assert wait_exit(server) == 0, tcp.err("server")
         assert states(runs) == "d"
         assert [kind for kind, *_ in events(tmp_path)] == ["start", "end"]
         assert overlaps(tmp_path) == []
@@ -267,11 +267,11 @@ def test_a_client_stopped_for_longer_has_its_job_handed_on_only_once_stopped(
                          tcp.err("server")), tcp.err("server")
         assert states(runs) == "r"  # the worker's second run
         server.send_signal(signal.SIGTERM)
-        assert ended(server) == 130
+        assert wait_exit(server) == 130
         other.send_signal(signal.SIGTERM)
         wait_for(lambda: "draining" in tcp.err("other"), what="the worker draining")
         other.send_signal(signal.SIGTERM)  # the second: it stops its job
-        assert ended(other) == 130
+        assert wait_exit(other) == 130
     finally:
         kill_group(pgid)
         for _, _, _, pid, _ in events(tmp_path):
@@ -301,8 +301,8 @@ def test_a_timeout_fires_on_time_while_the_server_is_stopped(tmp_path: Path, tcp
         wait_for(lambda: 'timeout "' in tcp.out("client"), what="the timeout status line")
         assert "lost the connection" not in tcp.err("client")
         server.send_signal(signal.SIGCONT)
-        assert ended(client, timeout=30) == 1, tcp.err("client")
-        assert ended(server, timeout=30) == 1
+        assert wait_exit(client, timeout=30) == 1, tcp.err("client")
+        assert wait_exit(server, timeout=30) == 1
         assert states(runs) == "!"
     finally:
         server.send_signal(signal.SIGCONT)
@@ -387,8 +387,8 @@ def test_a_flood_of_strangers_neither_keeps_a_client_out_nor_fills_the_log(
         assert written < 4096, tcp.err("server")[-3000:]
         assert client.poll() is None  # --follow: it waits for more
         server.send_signal(signal.SIGTERM)
-        assert ended(server) == 130
-        assert ended(client) == 0, tcp.err("client")
+        assert wait_exit(server) == 130
+        assert wait_exit(client) == 0, tcp.err("client")
         assert overlaps(tmp_path) == []
     finally:
         flood.close()
@@ -406,7 +406,7 @@ def test_refusals_are_summarised_per_address(tmp_path: Path, tcp_procs: Procs) -
         line = re.search(r"^runmaker: 127\.0\.0\.2: (\d+) more connections.*$", tcp.err("server"), re.MULTILINE)
         assert line is not None and int(line.group(1)) > 0, tcp.err("server")
         server.send_signal(signal.SIGTERM)
-        assert ended(server) == 130
+        assert wait_exit(server) == 130
     finally:
         flood.close()
 
@@ -435,8 +435,8 @@ def test_a_server_whose_stderr_is_full_goes_on(tmp_path: Path, tcp_procs: Procs)
     bad = socket.create_connection(("127.0.0.1", port))  # a stranger, for a few more lines
     try:
         client = tcp.connect("client", port, "-j2")
-        assert ended(client) == 0, tcp.err("client")
-        assert ended(server) == 0
+        assert wait_exit(client) == 0, tcp.err("client")
+        assert wait_exit(server) == 0
         assert states(runs) == "dddd"
     finally:
         bad.close()
@@ -472,8 +472,8 @@ def test_a_kill_line_stops_a_clients_job_and_an_older_one_does_not(tmp_path: Pat
         append_line(runs, "#runmaker kill 2")
         wait_for(lambda: not group_alive(pgid), what="the job killed")
         print(f"figure: a kill line stopped the client's job in {time.monotonic() - started:.2f} s")
-        assert ended(client) == 1, tcp.err("client")
-        assert ended(server) == 1, tcp.err("server")
+        assert wait_exit(client) == 1, tcp.err("client")
+        assert wait_exit(server) == 1, tcp.err("server")
         assert states(runs) == "!d"  # killed: not run again by --retries
         ends = re.findall(r'^status \(\S+,\d+\): (exit \d+|killed|\w+) "', tcp.out("client"), re.MULTILINE)
         assert [end for end in ends if end != "forked"] == ["exit 0", "killed"]
@@ -507,13 +507,13 @@ def test_jobs_given_after_a_drain_began_go_back_unrun(tmp_path: Path, tcp_procs:
         client.send_signal(signal.SIGINT)  # drain: no new job may start
         wait_for(lambda: "draining" in tcp.err("client"), what="the client draining")
         server.send_signal(signal.SIGCONT)  # it answers the claim with job 2
-        assert ended(client) == 130, tcp.err("client") + tcp.out("client") + tcp.err("server")
+        assert wait_exit(client) == 130, tcp.err("client") + tcp.out("client") + tcp.err("server")
         assert states(runs) == "d."
         assert not (tmp_path / "ran.txt").exists()
         assert tcp.out("client").count("executing `") == 1
         assert "dropped" not in tcp.err("server")
         server.send_signal(signal.SIGTERM)
-        assert ended(server) == 130
+        assert wait_exit(server) == 130
         assert states(runs) == "d."
     finally:
         server.send_signal(signal.SIGCONT)
