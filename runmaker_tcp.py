@@ -83,15 +83,16 @@ __all__ = ["ServerOptions", "TcpTimings", "run_tcp_client", "serve_job_file"]
 # the JSON: a line injected, replayed, reordered or reflected by someone
 # without the token is refused.  There is no encryption (see the README).
 #
-#   client: claim {n, done}   done {done}   back {lines}   ping   bye
+#   client: claim {n, done}   done {done}   ping   bye
 #   server: jobs {jobs}       end {block}   stop   kill {lines}   ping   bye
 #
-# ``done`` lists [line, state] of jobs the client finished; each ``claim``
-# is answered at once by one ``jobs`` with up to n [line, base64 command]
-# (the client reads the answer when it comes, never waiting for it);
-# ``back`` gives jobs back that the client got but never started (it
-# stopped claiming meanwhile): they are pending again; ``kill`` names jobs
-# a kill line (runset --kill) stops: the client ends them '!' (killed);
+# ``done`` lists [line, state] of jobs the client finished (state "." for
+# one its --requeue stopped, or that it got but never started, having
+# stopped claiming meanwhile: the server puts it back as it was); each
+# ``claim`` is answered at once by one ``jobs`` with up to n [line, base64
+# command] (the client reads the answer when it comes, never waiting for
+# it); ``kill`` names jobs a kill line (runset --kill) stops: the client
+# ends them '!' (killed);
 # ``end`` says nothing is left (the same rule as a worker's), ``stop`` that
 # the server was signalled twice.  Either side pings after ``heartbeat``
 # seconds of sending nothing and gives up a peer silent for longer than its
@@ -207,7 +208,7 @@ class _ServerGone(RunmakerFailure):
 
 
 class _Interrupted(Exception):
-    """A stop signal arrived while a client was (re)connecting."""
+    """A stop signal (or SIGUSR1) arrived while a client was (re)connecting."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -647,7 +648,7 @@ class _Server:
         self._next_look = 0.0
         self._next_refresh = 0.0
         self._kills_known = len(scheduler.jobfile.kills)  # older ones stopped older runs
-        self._given_back: set[int] = set()  # indexes of jobs given back unrun, maybe pending
+        self._given_back: set[int] = set()  # indexes of jobs put back as they were, maybe pending
 
     def run(self) -> int:
         with stop_signals_waking(self._on_signal) as wake_r:
@@ -976,8 +977,6 @@ class _Server:
             self._hand_out(peer, count)
         elif kind == "done":
             self._take_states(peer, message.get("done"))
-        elif kind == "back":
-            self._take_back(peer, message.get("lines"))
         elif kind == "bye":
             if peer.claims:
                 raise _PeerError("said goodbye while it held jobs")
@@ -1031,27 +1030,22 @@ class _Server:
                 isinstance(entry, list)
                 and len(entry) == 2
                 and isinstance(entry[0], int)
-                and entry[1] in ("d", "!", "e")
+                and entry[1] in ("d", "!", "e", ".")
             ):
                 raise _PeerError("sent malformed job states")
             claim = peer.claims.pop(entry[0], None)
             if claim is None:
                 raise _PeerError(f"reported line {entry[0]}, which it does not run")
+            if entry[1] == ".":
+                # Stopped by the client's --requeue, or given but never
+                # started: back to what it was here, to be run again.
+                self._scheduler.finish_job(claim, claim.was)
+                self._scheduler.attempted.discard(claim.index)
+                self._given_back.add(claim.index)
+                continue
             self._scheduler.finish_job(claim, entry[1])
             if entry[1] != "d":
                 self._failures += 1
-
-    def _take_back(self, peer: _Peer, lines: object) -> None:
-        """Jobs a client was given but never started (it stopped claiming meanwhile): pending again."""
-        if not isinstance(lines, list):
-            raise _PeerError("sent malformed lines")
-        for line in lines:
-            claim = peer.claims.pop(line, None) if isinstance(line, int) else None
-            if claim is None:
-                raise _PeerError(f"gave back line {line}, which it does not hold")
-            self._scheduler.finish_job(claim, claim.claimed_from)
-            self._scheduler.attempted.discard(claim.index)
-            self._given_back.add(claim.index)
 
     def _hand_out(self, peer: _Peer, count: int) -> None:
         """Answer a claim: up to ``count`` jobs claimed for ``peer``, perhaps none."""
@@ -1262,10 +1256,9 @@ class _RemoteSource:
             if self.gone is None and not self.ended:
                 if self._asked:
                     self._wait_until(lambda: not self._asked)
-                back = [claim.line for claim in self._answered]
-                if back and self.gone is None and not self.ended:
-                    self._send({"t": "back", "lines": back})
-                    self._answered.clear()
+                for claim in self._answered:  # never started: back as they were
+                    self.finish_job(claim, ".")
+                self._answered.clear()
                 if self.gone is None and not self.ended:
                     if self._done:
                         self._send({"t": "done", "done": self._take_done()})
@@ -1566,7 +1559,7 @@ class _TcpClient:
 def _stop_signals_raise() -> dict[int, object]:
     return {
         sig: signal.signal(sig, _raise_interrupted)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
     }
 
 
@@ -1662,7 +1655,8 @@ def run_tcp_client(
         return _TcpClient(host, port, secret, options, records, console, notices, timings).run()
     except _Interrupted as exc:
         notices(f"runmaker: {_signal_name(exc.signum)}: stopped while connecting")
-        return _EXIT_SIGNALLED
+        # SIGUSR1 is a planned stop: no job of this client was cut short by it.
+        return 0 if exc.signum == signal.SIGUSR1 else _EXIT_SIGNALLED
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
