@@ -6,14 +6,12 @@ loop waits on anything but its own timers."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import select
 import signal
 import socket
 import subprocess
-import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from typing import IO
 import pytest
 from conftest import Procs, states, wait_exit, wait_for, write_jobs
 from test_tcp import FAST, Tcp, free_port, group_alive, kill_group
+from test_worker import blocked_writing_stdout
 
 from runmaker import append_to_shared_file
 
@@ -133,15 +132,6 @@ def start_piped(tcp: Tcp, name: str, port: int, *args: str) -> subprocess.Popen[
     return proc
 
 
-def pipe_is_full(proc: subprocess.Popen[bytes]) -> bool:
-    """True once the client's unread stdout pipe holds all it can."""
-    assert proc.stdout is not None
-    size = fcntl.fcntl(proc.stdout.fileno(), 1032)  # F_GETPIPE_SZ
-    buf = bytearray(4)
-    fcntl.ioctl(proc.stdout.fileno(), termios.FIONREAD, buf)
-    return int.from_bytes(buf, "little") >= size - 4096
-
-
 def drain(stream: IO[bytes] | None) -> threading.Thread:
     """Start reading a pipe to its end, in the background."""
     assert stream is not None
@@ -174,7 +164,7 @@ def test_a_client_with_an_unread_console_is_not_dropped_and_a_cut_one_never_over
     try:
         stalled = start_piped(tcp, "stalled", relay.port, "-j1")
         wait_for(lambda: events(tmp_path), timeout=20, what="the job started")
-        wait_for(lambda: pipe_is_full(stalled), timeout=30, what="the console pipe full")
+        wait_for(lambda: blocked_writing_stdout(stalled.pid), timeout=30, what="the console pipe full")
         # Three times the server's silence deadline with a console nobody reads.
         time.sleep(3 * 1.5)  # FAST: the server gives up a client silent for 1.5 s
         assert "dropped" not in tcp.err("server"), tcp.err("server")
