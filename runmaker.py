@@ -112,6 +112,7 @@ _NORMAL_QUEUE_RETRY = re.compile(rb"[.!e]")
 
 _MAX_WARNINGS = 20  # mistaken lines named one by one, then one summary line
 _MAX_LINE = 1 << 20  # a longer output line is cut into pieces of this size
+_CONSOLE_BEHIND = 1 << 18  # console bytes not yet written before the jobs' pipes wait
 _READ_CHUNK = 1 << 16
 _INDEX_CHUNK = 1 << 18  # bytes of the job file split into lines at once (its lines cost ~5x)
 _REFRESH_GAP = 0.1  # seconds between looks for appended lines while busy
@@ -571,6 +572,8 @@ class JobFile:
         self.max_running: int | None = None
         # The highest cap the file ever set: no worker holds a slot above it.
         self.max_running_peak = 0
+        # The lines each '#runmaker kill' names, in file order (runset --kill).
+        self.kills: list[tuple[int, ...]] = []
         self.size = 0  # bytes indexed
         self.line_count = 0
         self.shrunk = False  # the file got shorter: someone broke the rules
@@ -793,8 +796,12 @@ class JobFile:
                 self._warn_line(line, "max-running takes a whole number or 'none'")
         elif words[:1] == [b"set"]:
             self._set_notice(words[1:], line)
+        elif words[:1] == [b"kill"] and len(words) > 1 and all(w.isdigit() for w in words[1:]):
+            self.kills.append(tuple(int(w) for w in words[1:]))
         else:
-            self._warn_line(line, "unknown #runmaker directive (known: max-running N|none, barrier, set)")
+            self._warn_line(
+                line, "unknown #runmaker directive (known: max-running N|none, barrier, set, kill)"
+            )
 
     def _set_notice(self, specs: list[bytes], line: int) -> None:
         """``#runmaker set [LINE|A-B]...``: state bytes of these lines changed in place."""
@@ -1613,6 +1620,7 @@ class _JobProcess:
         self.kill_at: float | None = None
         self.timed_out = False
         self.interrupted = False
+        self.killed = False  # by runset --kill
         self.requeued = False  # goes back to the state it was claimed from
         pid_tag = b"%s,%d" % (host, self.pid)
         self.pid_tag = pid_tag
@@ -1663,6 +1671,13 @@ class _JobProcess:
         self.interrupted = True
         self.requeued = requeue
         self.kill_at = kill_at
+        self.signal(signal.SIGTERM)
+
+    def kill(self, kill_at: float) -> None:
+        """runset --kill: SIGTERM now, SIGKILL at ``kill_at``; the job ends '!' (killed)."""
+        self.killed = True
+        if self.kill_at is None:
+            self.kill_at = kill_at
         self.signal(signal.SIGTERM)
 
     def enforce_deadlines(self, now: float) -> None:
@@ -1746,7 +1761,7 @@ class _JobProcess:
         Background grandchildren of a stopped job go with it; its
         ``--logdir`` files are closed.
         """
-        if self.timed_out or self.interrupted:
+        if self.timed_out or self.interrupted or self.killed:
             self.signal(signal.SIGKILL)
         self.close_files()
         code = os.waitstatus_to_exitcode(wait_status)
@@ -1754,7 +1769,9 @@ class _JobProcess:
         if self.requeued:
             # Stopped by --requeue: however it ended, it did not run to its end.
             return _Outcome(self.claim.was, "requeued", -1, signum)
-        if self.timed_out and not self.interrupted:
+        if self.killed and not self.interrupted:
+            outcome = _Outcome("!", "killed", -1, signum)
+        elif self.timed_out and not self.interrupted:
             outcome = _Outcome("!", "timeout", -1, signum)
         elif code < 0:
             outcome = _Outcome("!", f"signal {_signal_name(signum)}", 0, signum)
@@ -1763,6 +1780,74 @@ class _JobProcess:
         if self.interrupted:
             outcome.state = "e"
         return outcome
+
+
+class _OutputBuffer:
+    """Bytes for a stream that a thread of its own writes, in order.
+
+    The loop that puts them never waits on the stream: a console piped into
+    a reader that stopped, a terminal on hold or a hung disk would otherwise
+    stop its heartbeats, deadlines and kill timers too.  ``full`` tells the
+    loop to stop reading its jobs' pipes until there is room again (the
+    jobs then wait in their writes: back-pressure); ``on_room`` is called,
+    from the writing thread, when there is.  A failed write (a closed pipe,
+    a full disk) drops the rest: ``failure`` says why.
+    """
+
+    def __init__(self, write: Callable[[bytes], None], limit: int) -> None:
+        self._write = write
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0  # bytes put and not yet written, those being written included
+        self._writing = False
+        self._cond = threading.Condition()
+        self.failure: OSError | None = None
+        self.on_room: Callable[[], None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return self._size >= self._limit
+
+    def put(self, data: bytes) -> None:
+        """Queue ``data`` to be written; never blocks (the limit is the caller's to heed)."""
+        with self._cond:
+            if self.failure is not None or not data:
+                return
+            self._chunks.append(data)
+            self._size += len(data)
+            if not self._writing:
+                self._writing = True
+                threading.Thread(target=self._run, name="runmaker-output", daemon=True).start()
+
+    def drain(self) -> None:
+        """Wait until every byte put is written (or writing failed)."""
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._chunks:
+                    self._writing = False  # the next put starts a new thread
+                    self._cond.notify_all()
+                    return
+                data = b"".join(self._chunks)
+                self._chunks.clear()
+            failure = None
+            try:
+                self._write(data)
+            except OSError as exc:
+                failure = exc
+            with self._cond:
+                was_full = self.full
+                self._size -= len(data)
+                if failure is not None:
+                    self.failure = failure
+                    self._size -= sum(map(len, self._chunks))
+                    self._chunks.clear()
+            if was_full and not self.full and self.on_room is not None:
+                self.on_room()
 
 
 class JobSource(Protocol):
@@ -1827,7 +1912,10 @@ class Worker:
         self.notify = notify
         self._console = console
         self._console_parts: list[bytes] = []
-        self._console_broken = False
+        self._output = _OutputBuffer(self._write_console, _CONSOLE_BEHIND)
+        self._output_paused = False  # the jobs' pipes wait for the console
+        self._output_failure_told = False
+        self._room_r = -1  # readable once the console has room again
         self._running: dict[int, _JobProcess] = {}  # pid -> attempt
         self._free_slots = list(range(options.jobs))
         self._poller = select.poll()
@@ -1854,6 +1942,9 @@ class Worker:
             self._poller.register(wake_r, select.POLLIN)
             if self.link is not None:
                 self._poller.register(self.link.fileno(), select.POLLIN)
+            self._room_r, room_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._poller.register(self._room_r, select.POLLIN)
+            self._output.on_room = lambda: _wake(room_w)
             try:
                 self._loop(wake_r)
             except BaseException:
@@ -1864,7 +1955,11 @@ class Worker:
                 self._stop_jobs_now()
                 raise
             finally:
+                self._output.on_room = None
+                os.close(self._room_r)
+                os.close(room_w)
                 self._flush_console()
+                self._output.drain()
         if self._stop_signals:
             return _EXIT_SIGNALLED
         return 1 if self._failures or self._replaced else 0
@@ -1908,11 +2003,12 @@ class Worker:
                     return
             timeout = self._next_timeout(now, waiting=self._may_claim())
             for fd, _ in self._poller.poll(None if timeout is None else timeout * 1000):
-                if fd == wake_r:
-                    _drain_wakeup(wake_r)
+                if fd in (wake_r, self._room_r):
+                    _drain_wakeup(fd)
                 elif fd in self._watched:  # not closed earlier in this round
                     self._read_output(self._watched[fd], fd)
             self._flush_console()
+            self._heed_output()
 
     def _may_claim(self) -> bool:
         return not (
@@ -2001,6 +2097,18 @@ class Worker:
                 pass
         self._running.clear()
 
+    def kill_job(self, line: int) -> bool:
+        """Stop the running job of ``line`` (runset --kill); False if none runs here.
+
+        SIGTERM to its process group, SIGKILL after the grace; it ends '!'
+        with status ``killed`` and is not run again by --retries.
+        """
+        for job in self._running.values():
+            if job.claim.line == line and not job.killed:
+                job.kill(time.monotonic() + _KILL_GRACE)
+                return True
+        return False
+
     def _kill_all(self, *, requeue: bool = False) -> None:
         """SIGTERM to every job's process group, SIGKILL later; they end 'e' (or go back)."""
         deadline = time.monotonic() + _KILL_GRACE
@@ -2034,7 +2142,7 @@ class Worker:
             return
         self._running[job.pid] = job
         for fd in job.streams:
-            self._poller.register(fd, select.POLLIN)
+            self._poller.register(fd, 0 if self._output_paused else select.POLLIN)
             self._watched[fd] = job
         if not self.options.quiet:
             self._console_parts.append(b"status (" + job.pid_tag + b'): forked "' + quoted + b'"\n')
@@ -2095,7 +2203,9 @@ class Worker:
         self._record(
             job.claim, job.tail, status, job.started, time.monotonic() - job.started_mono, outcome
         )
-        if outcome.state == "!" and job.attempt <= self.options.retries and not self._draining:
+        if outcome.state == "!" and job.attempt <= self.options.retries and not (
+            self._draining or job.killed
+        ):
             self._start(job.claim, job.attempt + 1, job.local_slot)
             return
         self._finish(job.claim, outcome.state, job.local_slot)
@@ -2134,21 +2244,40 @@ class Worker:
         job.close_stream(fd)
 
     def _flush_console(self) -> None:
-        if not self._console_parts:
-            return
-        data = b"".join(self._console_parts)
-        self._console_parts.clear()
-        if self._console_broken:
-            return
-        try:
-            # Under PYTHONUNBUFFERED sys.stdout.buffer is a raw FileIO: a
-            # write into a full pipe that SIGCHLD interrupts writes only part.
-            view = memoryview(data)
-            while view:
-                view = view[self._console.write(view) :]
-            self._console.flush()
-        except BrokenPipeError:
-            self._console_broken = True  # nobody reads: the jobs go on
+        """Hand this turn's console lines to the output thread (never waits)."""
+        if self._console_parts:
+            self._output.put(b"".join(self._console_parts))
+            self._console_parts.clear()
+        failure = self._output.failure
+        if failure is not None and not self._output_failure_told:
+            self._output_failure_told = True
+            if not isinstance(failure, BrokenPipeError):  # nobody reads: the jobs go on
+                self.notify(f"runmaker: cannot write to the console, its output is lost: "
+                            f"{failure.strerror}; the jobs go on")
+
+    def _heed_output(self) -> None:
+        """Stop reading the jobs' pipes while the console is far behind; resume once it is not."""
+        paused = self._output.full
+        if paused != self._output_paused:
+            self._output_paused = paused
+            for fd in self._watched:
+                self._poller.modify(fd, 0 if paused else select.POLLIN)
+
+    def _write_console(self, data: bytes) -> None:
+        # Under PYTHONUNBUFFERED sys.stdout.buffer is a raw FileIO: a write
+        # into a full pipe that a signal interrupts writes only part.
+        view = memoryview(data)
+        while view:
+            view = view[self._console.write(view) :]
+        self._console.flush()
+
+
+def _wake(fd: int) -> None:
+    """Wake a loop through its self-pipe (from another thread)."""
+    try:
+        os.write(fd, b"\0")
+    except OSError:
+        pass  # full: it wakes anyway; closed: it has ended
 
 
 def _what_next(running: int) -> str:
