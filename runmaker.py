@@ -40,7 +40,13 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Iterator, Protocol, Sequence
 
-import click
+try:
+    import click
+except ModuleNotFoundError as _missing:  # a checkout run by a Python that lacks click
+    if _missing.name != "click":
+        raise
+    sys.exit("Error: runmaker needs the Python package click: "
+             "apt install python3-click, or pip install click in a venv, or run runmaker.pyz (README: Install)")
 
 __version__ = "1.0.0"
 

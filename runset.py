@@ -13,7 +13,13 @@ from __future__ import annotations
 import os
 import sys
 
-import click
+try:
+    import click
+except ModuleNotFoundError as _missing:  # a checkout run by a Python that lacks click
+    if _missing.name != "click":
+        raise
+    sys.exit("Error: runset needs the Python package click: "
+             "apt install python3-click, or pip install click in a venv, or run runmaker.pyz (README: Install)")
 
 import runmaker
 

@@ -13,7 +13,13 @@ import os
 import signal
 import sys
 
-import click
+try:
+    import click
+except ModuleNotFoundError as _missing:  # a checkout run by a Python that lacks click
+    if _missing.name != "click":
+        raise
+    sys.exit("Error: runwait needs the Python package click: "
+             "apt install python3-click, or pip install click in a venv, or run runmaker.pyz (README: Install)")
 
 import runmaker
 
