@@ -27,6 +27,8 @@ __all__ = ["main"]
 
 _EXIT_TIMEOUT = 124  # as timeout(1)
 _EXIT_INTERRUPTED = 130
+_CELLS = 16  # of the bar, as runmaker4's
+_DEFAULT_WIDTH = 80  # columns, when the terminal does not say
 
 
 def _clock(seconds: float) -> str:
@@ -35,18 +37,38 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def _status_line(counts: runmaker.JobCounts) -> str:
-    """The live bar of a terminal: cells, counts per state, elapsed time, ETA.
+def _status_line(counts: runmaker.JobCounts, width: int) -> str:
+    """The live bar of a terminal, as much of it as fits in ``width`` columns.
 
-    Failed, error, lost and unknown counts appear once there are any, so the
-    line fits 80 columns for all but huge files.
+    In full: cells, jobs processed, counts per state, elapsed time and ETA.
+    Narrower, parts go whole, never cut mid-word: the elapsed time, the done
+    and pending counts, the running count, half the cells, the failures, the
+    cells, the ETA.  Failed, error, lost and unknown counts appear once there
+    are any; a finished look shows the time it took instead of an ETA.
     """
-    parts = [f"{counts.done} done", f"{counts.running} running", f"{counts.pending} pending"]
-    parts += [f"{n} {name}" for n, name in ((counts.failed, "failed"), (counts.error, "error"),
-                                            (counts.lost, "lost"), (counts.unknown, "unknown")) if n]
-    eta = "--:--" if counts.eta is None else _clock(counts.eta)
-    return (f"[{runmaker.progress_cells(counts)}] {counts.processed}/{counts.total} | "
-            f"{', '.join(parts)} | {_clock(counts.elapsed)} elapsed, ETA {eta}")
+    troubles = [f"{n} {name}" for n, name in ((counts.failed, "failed"), (counts.error, "error"),
+                                              (counts.lost, "lost"), (counts.unknown, "unknown")) if n]
+    if counts.finished:
+        every = [f"{counts.done} done", *troubles]
+        long_time = short_time = f"{_clock(counts.elapsed)} elapsed"
+    else:
+        every = [f"{counts.done} done", f"{counts.running} running", f"{counts.pending} pending", *troubles]
+        short_time = "ETA " + ("--:--" if counts.eta is None else _clock(counts.eta))
+        long_time = f"{_clock(counts.elapsed)} elapsed, {short_time}"
+    busy = [f"{counts.running} running", *troubles] if counts.running else troubles
+    fraction = f"{counts.processed}/{counts.total}"
+    full_bar = f"[{runmaker.progress_cells(counts)}] {fraction}"
+    half_bar = f"[{runmaker.progress_cells(counts, _CELLS // 2)}] {fraction}"
+    for head, parts, time_taken in (
+        (full_bar, every, long_time), (full_bar, every, short_time),
+        (full_bar, busy, long_time), (full_bar, busy, short_time),
+        (full_bar, troubles, short_time), (half_bar, troubles, short_time),
+        (half_bar, [], short_time), (fraction, [], short_time), (fraction, [], ""),
+    ):
+        line = " | ".join(part for part in (head, ", ".join(parts), time_taken) if part)
+        if len(line) <= width:
+            return line
+    return ""
 
 
 class _Progress:
@@ -60,12 +82,14 @@ class _Progress:
 
     def __call__(self, counts: runmaker.JobCounts) -> None:
         if self.live:
+            # The size is read again for every redraw, so the bar follows a
+            # resized window.  One column stays free: a line that fills the
+            # last column wraps on some terminals and \r could not redraw it.
             try:
-                width = os.get_terminal_size(sys.stderr.fileno()).columns or 80
+                width = os.get_terminal_size(sys.stderr.fileno()).columns or _DEFAULT_WIDTH
             except OSError:
-                width = 80
-            # Cut to the width: a wrapped line could not be redrawn with \r.
-            click.echo("\r" + _status_line(counts)[: width - 1] + "\x1b[K", err=True, nl=False)
+                width = _DEFAULT_WIDTH
+            click.echo("\r" + _status_line(counts, width - 1) + "\x1b[K", err=True, nl=False)
             self.drawn = True
         elif (line := runmaker.progress_line(counts)) != self.last:
             click.echo(line, err=True)
