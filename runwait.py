@@ -113,16 +113,31 @@ def _interrupted(signum: int, frame: object) -> None:
               help="Give up after SECONDS: exit 124.")
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               metavar="SECONDS", help="Seconds between looks at FILE.")
+@click.version_option(runmaker.__version__, "--version", prog_name="runwait")
 def main(file: str, progress: bool, use_exit_status: bool, timeout: float | None, interval: float) -> None:
     """Wait until no job of FILE is pending or running; name the failed and lost ones.
 
+    Watches FILE without holding up its workers, on this host or others.
+
+    \b
+    FILE: one job per line, a state byte, a space, a shell command.
+    States: . pending  + urgent  r running  d done  ! failed  e error
+            - retired (left out of the counts).
+    An r job whose worker died is lost: it counts as an error, and is not
+    waited for.  At the end the failed, error and lost jobs are named by
+    line on stdout, as ranges runset takes.
+
+    \b
+    Examples:
+        runwait runs.txt                          wait, then name failures
+        runwait -p runs.txt                       with progress on stderr
+        runwait -e --progress runs.txt && mail -s 'runs done' me < /dev/null
+        runwait --timeout 3600 runs.txt || echo 'not done within an hour'
+
+    \b
     Exit status: 0 finished; 1 with -e when a job is not d or -; 124 after
     --timeout; 2 usage or input error; 130 interrupted (SIGINT, SIGTERM,
     SIGHUP).
-
-    \b
-    Example:
-        runwait -e --progress runs.txt && mail -s 'runs done' me < /dev/null
     """
     show = _Progress() if progress else None
     for signum in (signal.SIGTERM, signal.SIGHUP):
