@@ -10,7 +10,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import run, states
 
 # Every job names its line in ran.txt, so a test sees exactly which ran.

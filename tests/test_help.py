@@ -7,8 +7,8 @@ import os
 import re
 
 import pytest
-
 from conftest import run
+
 from runmaker import __version__
 
 # What each command's --help names: its examples and its exit statuses.
@@ -33,11 +33,11 @@ def test_help_says_the_format_the_common_forms_and_the_exit_statuses(tmp_path, n
     assert result.stderr == b""
     text = result.stdout.decode()
     assert re.search(r"^ +States: \. pending +\+ urgent +r running +d done +! failed +e error\n +- retired",
-                     text, re.M), text
-    assert re.search(r"^ +FILE: one job per line, a state byte, a space, a shell command\.$", text, re.M)
+                     text, re.MULTILINE), text
+    assert re.search(r"^ +FILE: one job per line, a state byte, a space, a shell command\.$", text, re.MULTILINE)
     assert "\n  Examples:\n" in text
     for example in _EXAMPLES[name]:
-        assert re.search(rf"^ +{re.escape(example)}", text, re.M), example
+        assert re.search(rf"^ +{re.escape(example)}", text, re.MULTILINE), example
     statuses = text[text.index("Exit status:"):text.index("Options:")]
     found = re.findall(r"(?:^|[;:] )(\d+) ", " ".join(statuses.split()))
     assert sorted(found, key=int) == _EXIT_STATUSES[name], statuses

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, states
 
 _SETUP = re.compile(r"\A# runmaker\n\n(?:[^\n]+\n)+\n```sh\n(?P<run>[^\n]+)\n(?P<test>[^\n]+)\n```\n")
@@ -90,7 +89,7 @@ def test_runmaker_pyz_runs_a_job_file_and_reaches_runset_and_runwait(tmp_path):
     worker = subprocess.run(python + ["-j2", "runs.txt"], cwd=tmp_path, env=env, capture_output=True, timeout=60)
     assert worker.returncode == 1, worker.stderr
     assert states(jobs) == "dd!"
-    assert re.search(rb'^status \([^,]+,\d+\): exit 3 "exit 3"$', worker.stdout, re.M)
+    assert re.search(rb'^status \([^,]+,\d+\): exit 3 "exit 3"$', worker.stdout, re.MULTILINE)
 
     listed = subprocess.run(python + ["runset", "runs.txt"], cwd=tmp_path, env=env, capture_output=True, timeout=30)
     assert (listed.returncode, listed.stdout) == (0, b"1: d - echo one\n2: d - echo two\n3: ! - exit 3\n")
@@ -132,7 +131,7 @@ def test_a_python_without_click_gets_one_line_saying_what_to_install(tmp_path, n
     assert result.returncode == 1
     assert result.stdout == b""
     assert result.stderr.decode().splitlines() == [
-        f"Error: {name} needs the Python package click: apt install python3-click, "
-        "or pip install click in a venv, or run runmaker.pyz (README: Install)"
+        (f"Error: {name} needs the Python package click: apt install python3-click, "
+         "or pip install click in a venv, or run runmaker.pyz (README: Install)")
     ]
     assert jobs.read_text() == ". echo one\n"

@@ -304,7 +304,7 @@ def test_the_bar_drops_whole_parts_to_fit_any_width(finished):
         "1:02:05 elapsed, ETA 1:01"
     )
     words |= set(re.split(r"[ ,|]+", f"[{progress_cells(counts, 8)}]"))  # the half bar
-    for width in range(0, len(full) + 1):
+    for width in range(len(full) + 1):
         line = runwait._status_line(counts, width)
         assert len(line) <= width
         assert set(re.split(r"[ ,|]+", line)) <= words | {""}, line  # whole words only
