@@ -19,7 +19,8 @@ except ModuleNotFoundError as _missing:  # a checkout run by a Python that lacks
     if _missing.name != "click":
         raise
     sys.exit("Error: runwait needs the Python package click: "
-             "apt install python3-click, or pip install click in a venv, or run runmaker.pyz (README: Install)")
+             "apt install python3-click, or pip install click in a venv, "
+             "or run runmaker.pyz (README: Install)")
 
 import runmaker
 
@@ -143,7 +144,8 @@ def main(file: str, progress: bool, use_exit_status: bool, timeout: float | None
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupted)  # ends like Ctrl-C: exit 130
     try:
-        counts = runmaker.wait_for_jobs(file, interval=interval, timeout=timeout, progress=show, warn=runmaker.echo_to_stderr)
+        counts = runmaker.wait_for_jobs(file, interval=interval, timeout=timeout, progress=show,
+                                        warn=runmaker.echo_to_stderr)
     except KeyboardInterrupt:
         sys.exit(_EXIT_INTERRUPTED)
     finally:
