@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import alive, read_int, run, states, wait_exit, wait_for, write_jobs
-from runmaker import JobFile, _is_locked_elsewhere, __version__, short_hostname
+from runmaker import JobFile, _is_locked_elsewhere, __version__, host_name
 
-HOST = re.escape(short_hostname())
+HOST = re.escape(host_name())
 PY = sys.executable
 
 
@@ -280,7 +280,7 @@ def test_job_environment_process_group_and_stdin(tmp_path):
     for pid, (env_line, proc_line) in env_lines.items():
         file, line, slot, host = env_line.split("|")
         assert file == str(tmp_path / "runs.txt")
-        assert host == short_hostname()
+        assert host == host_name()
         lines.add(line)
         slots.add(slot)
         pgid, sid, stdin, empty = proc_line.split()
@@ -641,7 +641,7 @@ def test_jobs_get_default_sigpipe_so_pipelines_end(tmp_path):
     assert states(path) == "dd"
     # The tag names each job's shell ($$), so the lines expected are known
     # before looking at the output.
-    host, pid1, pid2 = short_hostname(), read_int(tmp_path / "pid1"), read_int(tmp_path / "pid2")
+    host, pid1, pid2 = host_name(), read_int(tmp_path / "pid1"), read_int(tmp_path / "pid2")
     assert sorted(lines_of(result.stdout)) == sorted([
         f"stdout ({host},{pid1}): x",
         f"stdout ({host},{pid2}): y",
