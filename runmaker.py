@@ -115,6 +115,7 @@ _NOT_DONE_YET = re.compile(rb"[^d\-.+r]")  # neither finished, nor pending, nor 
 _NORMAL_QUEUE = re.compile(rb"\.")
 _NORMAL_QUEUE_RETRY = re.compile(rb"[.!e]")
 
+_CONTROL_CHARACTER = re.compile(rb"[\x00-\x08\x0a-\x0c\x0e-\x1f\x7f]")
 _MAX_WARNINGS = 20  # mistaken lines named one by one, then one summary line
 _MAX_LINE = 1 << 20  # a longer output line is cut into pieces of this size
 _READ_CHUNK = 1 << 16
@@ -380,6 +381,16 @@ def host_name() -> str:
     return socket.gethostname() or "localhost"
 
 
+def _reads_like_a_command(raw: bytes) -> bool:
+    """True for a line of text a user may have meant as a command: UTF-8,
+    no control characters but tabs and a carriage return (not binary data)."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return _CONTROL_CHARACTER.search(raw) is None
+
+
 def _writable_by_others(fd: int) -> bool:
     """True when users other than this one may write the open file.
 
@@ -489,11 +500,12 @@ class JobFile:
         self._tail: tuple[int, int, int, int, int | None] | None = None
         self._warn = warn
         self._warned: set[int] = set()
-        # Lines that are neither jobs, comments, directives nor blank: how
-        # many, and the first (a file of bare commands has nothing else).
-        self.mistaken_lines = 0
-        self.first_mistaken: tuple[int, bytes] | None = None
-        self._last_mistaken = 0
+        # Lines that are no job, comment, directive or blank line but read
+        # like a command: how many, and the first (a file of bare commands
+        # has nothing else).
+        self.command_like_lines = 0
+        self.first_command_like: tuple[int, bytes] | None = None
+        self._last_command_like = 0
         # itemgetter of every state byte's offset: a tuple of ints, or one int for one job.
         self._getter: tuple[int, Callable[[bytes], Any]] | None = None
 
@@ -622,11 +634,12 @@ class JobFile:
             if raw.startswith(b"#runmaker") and (len(raw) == 9 or raw[9] in b" \t\r"):
                 self._directive(raw[9:].split(), line)
             return
-        if line > self._last_mistaken:  # once: an unterminated last line is indexed again as it grows
-            self._last_mistaken = line
-            self.mistaken_lines += 1
-            if self.first_mistaken is None:
-                self.first_mistaken = (line, raw)
+        # Counted once: an unterminated last line is indexed again as it grows.
+        if line > self._last_command_like and _reads_like_a_command(raw):
+            self._last_command_like = line
+            self.command_like_lines += 1
+            if self.first_command_like is None:
+                self.first_command_like = (line, raw)
         self._warn_line(line, "not a job line (a state byte, a space or tab, then the command)")
 
     def _directive(self, words: list[bytes], line: int) -> None:
@@ -2537,10 +2550,10 @@ def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> None:
     finally:
         jobfile._warn = notify
     path, lines = jobfile.path, jobfile.lines
-    if not jobfile.offsets and jobfile.first_mistaken is not None:
-        line, raw = jobfile.first_mistaken
+    if not jobfile.offsets and jobfile.first_command_like is not None:
+        line, raw = jobfile.first_command_like
         command = _shown(raw.rstrip())
-        many = jobfile.mistaken_lines
+        many = jobfile.command_like_lines
         what = "1 line that looks like a command" if many == 1 else f"{many} lines that look like commands"
         raise RunmakerError(
             f"{path}: no job line, but {what} (line {line}: '{command}'); "

@@ -239,10 +239,15 @@ def test_exit_codes_all_done_some_failed_nothing_to_do(tmp_path):
     assert result.returncode == 1
     assert states(tmp_path / "bad.txt") == "d!d"
 
-    for content in ("", "# nothing\n\n", "d true\n! false\ne false\n- true\n"):
+    for content, said in (
+        ("", "no jobs"),
+        ("# nothing\n\n", "no jobs"),
+        ("d true\n! false\ne false\n- true\n", "1 done, 1 failed, 1 error, 1 retired; -r reruns them"),
+    ):
         (tmp_path / "idle.txt").write_text(content)
         result = run("runmaker", "idle.txt", cwd=tmp_path)
-        assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+        assert (result.returncode, result.stdout) == (0, b"")
+        assert result.stderr.decode() == f"runmaker: nothing to run in idle.txt ({said})\n"  # one line, says why
         assert (tmp_path / "idle.txt").read_text() == content
 
 
