@@ -51,8 +51,7 @@ def _runmaker_joblog(tmp_path, jobs: str) -> list[list[str]]:
     (tmp_path / "runs.txt").write_text(jobs)
     result = run("runmaker", "--joblog", "runs.tsv", "runs.txt", cwd=tmp_path)
     assert result.returncode == 1, result.stderr
-    rows = [row.split("\t") for row in (tmp_path / "runs.tsv").read_text().splitlines()]
-    return rows
+    return [row.split("\t") for row in (tmp_path / "runs.tsv").read_text().splitlines()]
 
 
 def _parallel(parallel: str, tmp_path, *args: str, input_command: str | None = None) -> None:
@@ -104,7 +103,7 @@ def test_parallel_resume_on_a_file_of_job_lines_only_takes_them_as_they_are(tmp_
 
 
 @pytest.mark.timeout(60)
-def test_parallel_resume_fed_only_the_job_lines_of_a_file_with_comments_runs_the_wrong_jobs(tmp_path, parallel):
+def test_parallel_resume_fed_only_the_job_lines_of_a_commented_file_runs_the_wrong_jobs(tmp_path, parallel):
     # Why the README asks for one input line per file line: Seq is the line
     # number, and parallel takes it as the ordinal of its input line.
     _runmaker_joblog(tmp_path, _JOBS)

@@ -34,7 +34,8 @@ def test_help_says_the_format_the_common_forms_and_the_exit_statuses(tmp_path, n
     text = result.stdout.decode()
     assert re.search(r"^ +States: \. pending +\+ urgent +r running +d done +! failed +e error\n +- retired",
                      text, re.MULTILINE), text
-    assert re.search(r"^ +FILE: one job per line, a state byte, a space, a shell command\.$", text, re.MULTILINE)
+    assert re.search(r"^ +FILE: one job per line, a state byte, a space, a shell command\.$", text,
+                     re.MULTILINE)
     assert "\n  Examples:\n" in text
     for example in _EXAMPLES[name]:
         assert re.search(rf"^ +{re.escape(example)}", text, re.MULTILINE), example

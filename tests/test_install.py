@@ -54,7 +54,8 @@ def test_the_readme_starts_with_the_two_setup_commands_and_ci_runs_the_second():
     setup = _readme_setup()
     assert setup["run"] == ("python3 -m venv .venv && .venv/bin/pip install . && "
                             "cp examples/runs.txt runs.txt && .venv/bin/runmaker -j2 runs.txt")
-    assert setup["test"] == "python3 -m venv .venv && .venv/bin/pip install '.[test]' && .venv/bin/python -m pytest"
+    assert setup["test"] == ("python3 -m venv .venv && .venv/bin/pip install '.[test]' && "
+                             ".venv/bin/python -m pytest")
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert setup["test"] in ci
 
@@ -86,12 +87,14 @@ def test_runmaker_pyz_runs_a_job_file_and_reaches_runset_and_runwait(tmp_path):
     env = _clean_env()
     # -I: no site-packages, no script directory: click must come from the archive.
     python = [sys.executable, "-I", str(pyz)]
-    worker = subprocess.run(python + ["-j2", "runs.txt"], cwd=tmp_path, env=env, capture_output=True, timeout=60)
+    worker = subprocess.run(python + ["-j2", "runs.txt"], cwd=tmp_path, env=env, capture_output=True,
+                            timeout=60)
     assert worker.returncode == 1, worker.stderr
     assert states(jobs) == "dd!"
     assert re.search(rb'^status \([^,]+,\d+\): exit 3 "exit 3"$', worker.stdout, re.MULTILINE)
 
-    listed = subprocess.run(python + ["runset", "runs.txt"], cwd=tmp_path, env=env, capture_output=True, timeout=30)
+    listed = subprocess.run(python + ["runset", "runs.txt"], cwd=tmp_path, env=env, capture_output=True,
+                            timeout=30)
     assert (listed.returncode, listed.stdout) == (0, b"1: d - echo one\n2: d - echo two\n3: ! - exit 3\n")
     reset = subprocess.run(python + ["runset", "--set", ".", "runs.txt", "3"], cwd=tmp_path, env=env,
                            capture_output=True, timeout=30)

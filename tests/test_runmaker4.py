@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import Procs, run
 
 _HOLD_WHOLE_FILE_LOCK = """
@@ -43,7 +42,9 @@ def _refused(tmp_path, jobs: bytes, *args: str) -> str:
 @pytest.mark.parametrize("args", [[], ["-r"]])
 def test_a_question_mark_claim_byte_is_refused(tmp_path, args):
     message = _refused(tmp_path, b"# runmaker4's file\nd echo a\n? echo b\n. echo c\n", *args)
-    assert message == f"Error: runs.txt:3: '?' is runmaker4's claim in progress, so runmaker4 uses this file; {_WHY}"
+    assert message == (
+        f"Error: runs.txt:3: '?' is runmaker4's claim in progress, so runmaker4 uses this file; {_WHY}"
+    )
 
 
 @pytest.mark.timeout(30)

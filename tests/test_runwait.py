@@ -299,7 +299,8 @@ def test_the_bar_drops_whole_parts_to_fit_any_width(finished):
     full = runwait._status_line(counts, 1000)
     words = set(re.split(r"[ ,|]+", full))
     assert full == (
-        "[===============!] 1240/1240 | 1234 done, 3 failed, 2 error, 1 lost | 1:02:05 elapsed" if finished else
+        "[===============!] 1240/1240 | 1234 done, 3 failed, 2 error, 1 lost | 1:02:05 elapsed"
+        if finished else
         "[=========       ] 1240/2085 | 1234 done, 56 running, 789 pending, 3 failed, 2 error, 1 lost | "
         "1:02:05 elapsed, ETA 1:01"
     )

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import PYTHON, ROOT, run
 
 
@@ -81,10 +80,12 @@ def test_the_host_is_named_in_full(tmp_path):
     (tmp_path / "runs.txt").write_text(". echo $RUNMAKER_HOST\n")
     script = (f"hostname node7.cluster.example && exec {PYTHON} {ROOT / 'runmaker.py'} "
               "--joblog runs.tsv -l runs.log runs.txt")
-    result = subprocess.run([unshare, "--uts", "sh", "-c", script], cwd=tmp_path, capture_output=True, timeout=30)
+    result = subprocess.run([unshare, "--uts", "sh", "-c", script], cwd=tmp_path, capture_output=True,
+                            timeout=30)
     assert result.returncode == 0, result.stderr
     out = result.stdout.decode()
-    assert re.search(r'^status \(node7\.cluster\.example,\d+\): exit 0 "echo \$RUNMAKER_HOST"$', out, re.M), out
+    status = r'^status \(node7\.cluster\.example,\d+\): exit 0 "echo \$RUNMAKER_HOST"$'
+    assert re.search(status, out, re.MULTILINE), out
     assert ": stdout (node7.cluster.example," in (tmp_path / "runs.log").read_text()
     assert "): node7.cluster.example\n" in (tmp_path / "runs.log").read_text()  # RUNMAKER_HOST
     assert (tmp_path / "runs.tsv").read_text().splitlines()[1].split("\t")[1] == "node7.cluster.example"

@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=pathlib.Path, default=pathlib.Path("runmaker.pyz"),
                         help="where to write the archive (default: runmaker.pyz)")
     output = build_pyz(parser.parse_args().output)
-    print(f"built {output}: python3 {output} -j8 runs.txt | runset ... | runwait ...")
+    print(f"built {output}: python3 {output} -j8 runs.txt | runset ... | runwait ...")  # noqa: T201
 
 
 if __name__ == "__main__":
