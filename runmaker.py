@@ -512,6 +512,16 @@ class JobFile:
     def close(self) -> None:
         os.close(self.fd)
 
+    @contextlib.contextmanager
+    def warnings_held(self) -> Iterator[list[str]]:
+        """Collect the warnings of the reads meanwhile instead of passing them on."""
+        held: list[str] = []
+        warn, self._warn = self._warn, held.append
+        try:
+            yield held
+        finally:
+            self._warn = warn
+
     # -- reading -----------------------------------------------------------
 
     def read(self, *, whole: bool = False) -> tuple[bytes, int, int]:
@@ -2543,12 +2553,8 @@ def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> None:
     the whole file, as runmaker4, runset4.py and runwait4.py do to read.
     Otherwise hands the held warnings to ``notify``.
     """
-    held: list[str] = []
-    jobfile._warn = held.append
-    try:
+    with jobfile.warnings_held() as held:
         data, _, _ = jobfile.read(whole=True)
-    finally:
-        jobfile._warn = notify
     path, lines = jobfile.path, jobfile.lines
     if not jobfile.offsets and jobfile.first_command_like is not None:
         line, raw = jobfile.first_command_like
