@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run, states, wait_for, write_jobs
+from conftest import ROOT, run, shebang_env, states, wait_for, write_jobs
 from runmaker import JobCounts, JobFile, progress_cells, progress_line
 
 
@@ -364,7 +364,8 @@ def test_whole_reads_index_appended_lines_once(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_runs_from_a_checkout_with_help_and_example(tmp_path):
-    result = subprocess.run([str(ROOT / "runwait.py"), "--help"], capture_output=True, timeout=30)
+    result = subprocess.run([str(ROOT / "runwait.py"), "--help"], capture_output=True, timeout=30,
+                            env=shebang_env())
     assert result.returncode == 0
     text = result.stdout.decode()
     assert "runwait -e --progress runs.txt && mail" in text
