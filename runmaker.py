@@ -43,7 +43,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, Protocol
 
-import click
+try:
+    import click
+except ModuleNotFoundError as _missing:  # a checkout run by a Python that lacks click
+    if _missing.name != "click":
+        raise
+    sys.exit("Error: runmaker needs the Python package click: "
+             "apt install python3-click, or pip install click in a venv, "
+             "or run runmaker.pyz (README: Install)")
 
 __version__ = "1.0.0"
 
@@ -68,14 +75,15 @@ __all__ = [
     "append_jobs",
     "append_to_shared_file",
     "check_file_locking",
+    "check_job_file",
     "echo_to_stderr",
+    "host_name",
     "list_jobs",
     "main",
     "progress_cells",
     "progress_line",
     "run_worker",
     "set_job_states",
-    "short_hostname",
     "stop_signals_waking",
     "usable_cpus",
     "wait_for_jobs",
@@ -110,6 +118,7 @@ _NOT_DONE_YET = re.compile(rb"[^d\-.+r]")  # neither finished, nor pending, nor 
 _NORMAL_QUEUE = re.compile(rb"\.")
 _NORMAL_QUEUE_RETRY = re.compile(rb"[.!e]")
 
+_CONTROL_CHARACTER = re.compile(rb"[\x00-\x08\x0a-\x0c\x0e-\x1f\x7f]")
 _MAX_WARNINGS = 20  # mistaken lines named one by one, then one summary line
 _MAX_LINE = 1 << 20  # a longer output line is cut into pieces of this size
 _CONSOLE_BEHIND = 1 << 18  # console bytes not yet written before the jobs' pipes wait
@@ -218,6 +227,25 @@ def _is_locked_elsewhere(fd: int, offset: int, length: int = 1) -> bool:
     """
     if _lock_byte(fd, offset, exclusive=False, wait=False, length=length):
         _unlock_byte(fd, offset, length)
+        return False
+    return True
+
+
+# No runmaker process ever locks this byte, so only a lock over a range that
+# covers it can be held there: runmaker4's whole-file read lock
+# (lockf(f, LOCK_SH, 0, 0), taken by runmaker4, runset4.py and runwait4.py
+# to read the file), or any other whole-file lock.
+_WHOLE_FILE_PROBE = APPEND_BYTE - 1
+
+
+def _whole_file_locked_elsewhere(fd: int) -> bool:
+    """True while another process holds a lock covering the whole file.
+
+    An exclusive attempt (so a shared lock conflicts too; the descriptor
+    must be writable), released at once if won.
+    """
+    if _lock_byte(fd, _WHOLE_FILE_PROBE, exclusive=True, wait=False):
+        _unlock_byte(fd, _WHOLE_FILE_PROBE)
         return False
     return True
 
@@ -376,9 +404,19 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def short_hostname() -> str:
-    """This host's name as runmaker4 prints it: up to the first dot."""
-    return socket.gethostname().split(".")[0] or "localhost"
+def host_name() -> str:
+    """This host's name in full, as runmaker4 prints it (``socket.gethostname()``)."""
+    return socket.gethostname() or "localhost"
+
+
+def _reads_like_a_command(raw: bytes) -> bool:
+    """True for a line of text a user may have meant as a command: UTF-8,
+    no control characters but tabs and a carriage return (not binary data)."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return _CONTROL_CHARACTER.search(raw) is None
 
 
 def usable_cpus() -> int:
@@ -584,9 +622,25 @@ class JobFile:
         self._warned: set[int] = set()
         # Line ranges of ``#runmaker set`` notices not yet taken (take_set_notices).
         self._set_notices: list[tuple[int, int]] = []
+        # Lines that are no job, comment, directive or blank line but read
+        # like a command: how many, and the first (a file of bare commands
+        # has nothing else).
+        self.command_like_lines = 0
+        self.first_command_like: tuple[int, bytes] | None = None
+        self._last_command_like = 0
 
     def close(self) -> None:
         os.close(self.fd)
+
+    @contextlib.contextmanager
+    def warnings_held(self) -> Iterator[list[str]]:
+        """Collect the warnings of the reads meanwhile instead of passing them on."""
+        held: list[str] = []
+        warn, self._warn = self._warn, held.append
+        try:
+            yield held
+        finally:
+            self._warn = warn
 
     # -- reading -----------------------------------------------------------
 
@@ -780,6 +834,12 @@ class JobFile:
             if raw.startswith(b"#runmaker") and (len(raw) == 9 or raw[9] in b" \t\r"):
                 self._directive(raw[9:].split(), line)
             return
+        # Counted once: an unterminated last line is indexed again as it grows.
+        if line > self._last_command_like and _reads_like_a_command(raw):
+            self._last_command_like = line
+            self.command_like_lines += 1
+            if self.first_command_like is None:
+                self.first_command_like = (line, raw)
         self._warn_line(line, "not a job line (a state byte, a space or tab, then the command)")
 
     def _directive(self, words: list[bytes], line: int) -> None:
@@ -943,9 +1003,12 @@ class Scheduler:
     locks of finished jobs (another host may read the byte once we unlock).
     """
 
-    def __init__(self, jobfile: JobFile, *, retry: bool = False) -> None:
+    def __init__(
+        self, jobfile: JobFile, *, retry: bool = False, notify: Callable[[str], None] | None = None
+    ) -> None:
         self.jobfile = jobfile
         self.retry = retry
+        self._notify = notify  # says which lost jobs it marked 'e'
         self.states = bytearray()
         self.held: dict[int, Claim] = {}
         self.held_slots: set[int] = set()
@@ -1143,6 +1206,23 @@ class Scheduler:
         if any(not self._below_open_barrier(index) for index in candidates):
             return None
         return IdleReason.BLOCKED if self._barrier_held_by_failure() else None
+
+    def describe_nothing_to_run(self) -> str:
+        """One line on a file with nothing to run: what its jobs are, what would run them.
+
+        ``nothing to run in runs.txt (12 done, 2 failed; -r reruns them)``.
+        """
+        counts = collections.Counter(self.states)
+        named = ((_DONE, "done"), (_FAILED, "failed"), (_ERROR, "error"), (ord("-"), "retired"),
+                 (_RUNNING, "running"), (_PENDING, "pending"), (_HIGH, "pending, high priority"))
+        parts = [f"{counts[state]} {name}" for state, name in named if counts[state]]
+        others = len(self.states) - sum(counts[state] for state, _ in named)
+        if others:
+            parts.append(f"{others} in another state")
+        what = ", ".join(parts) or "no jobs"
+        if (counts[_FAILED] or counts[_ERROR]) and not self.retry:
+            what += "; -r reruns them"
+        return f"nothing to run in {self.jobfile.path} ({what})"
 
     def describe_block(self) -> str:
         """One line on why pending jobs will not start (for ``blocked``)."""
@@ -1367,6 +1447,7 @@ class Scheduler:
         written the final state and let go.
         """
         fd, offsets, states = self.jobfile.fd, self.jobfile.offsets, self.states
+        marked = []
         index = states.find(b"r", first)
         while index >= 0:
             if index not in self.held and index not in self._releasing:
@@ -1376,10 +1457,17 @@ class Scheduler:
                     if lost:
                         _write_job_state(fd, offsets[index], b"e")
                         states[index] = _ERROR
+                        marked.append(index)
                     elif current:
                         states[index] = current[0]
                     _release_job_locks(fd, (offsets[index],), written=lost)
             index = states.find(b"r", index + 1)
+        if marked and self._notify is not None:
+            self._notify(
+                f"runmaker: {self.jobfile.path}: lost jobs (r, but no worker holds them) marked 'e': "
+                f"line {_line_ranges(self.jobfile.lines, marked)}; "
+                + ("this worker runs them again (-r)" if self.retry else "-r reruns them")
+            )
 
     def _advance_done_prefix(self) -> None:
         match = _FINISHED.match(self.states, self._done_prefix)
@@ -1575,7 +1663,7 @@ class WorkerOptions:
     logdir: str | None = None
     joblog: str | None = None
     requeue: bool = False  # a stop signal puts running jobs back (SPEC section 4, Signals)
-    host: str = field(default_factory=short_hostname)
+    host: str = field(default_factory=host_name)
     job_file: str = ""  # RUNMAKER_FILE: absolute path of the job file
 
 
@@ -1927,6 +2015,7 @@ class Worker:
         self._succeeded = False
         self._next_look = 0.0
         self._failures = 0
+        self.jobs_started = 0  # attempts started, for "nothing to run"
         host = options.host
         self._host = host.encode()
         env = dict(os.environ)
@@ -2118,6 +2207,7 @@ class Worker:
     # -- starting and ending jobs -------------------------------------------
 
     def _start(self, claim: Claim, attempt: int, local_slot: int) -> None:
+        self.jobs_started += 1
         quoted = _shown_bytes(claim.command)
         if not self.options.quiet:
             self._console_parts.append(b"executing `" + quoted + b"'\n")
@@ -3103,6 +3193,57 @@ def _line_ranges(lines: array.array[int], indexes: list[int]) -> str:
 # --------------------------------------------------------------------------
 
 
+_RUNMAKER4 = (
+    "runmaker4's running jobs hold no lock, so runmaker would take them for lost and run them "
+    "a second time; stop runmaker4 first (never run both on one file)"
+)
+
+
+def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> None:
+    """Refuse a job file that runmaker must not work on; pass on its warnings.
+
+    Reads it a first time, before anything is written or created, with the
+    warnings about mistaken lines held back.  Raises RunmakerError for a
+    file with no job line but lines that look like commands (a file of bare
+    commands: one error, not a warning a line), and for a file that
+    runmaker4 is seen using: a ``?`` state byte (runmaker4's claim in
+    progress), or ``r`` jobs with no job lock while another process locks
+    the whole file, as runmaker4, runset4.py and runwait4.py do to read.
+    Otherwise hands the held warnings to ``notify``.
+    """
+    with jobfile.warnings_held() as held:
+        data, _, _ = jobfile.read(whole=True)
+    path, lines = jobfile.path, jobfile.lines
+    if not jobfile.offsets and jobfile.first_command_like is not None:
+        line, raw = jobfile.first_command_like
+        command = _shown(raw.rstrip())
+        many = jobfile.command_like_lines
+        what = "1 line that looks like a command" if many == 1 else f"{many} lines that look like commands"
+        raise RunmakerError(
+            f"{path}: no job line, but {what} (line {line}: '{command}'); "
+            f"a job line is a state byte, a space, then the command: '. {command}'"
+        )
+    for message in held:
+        notify(message)
+    states = jobfile.states_of(data)
+    claiming = states.find(b"?")
+    if claiming >= 0:
+        raise RunmakerError(
+            f"{path}:{lines[claiming]}: '?' is runmaker4's claim in progress, so runmaker4 uses this file; "
+            f"{_RUNMAKER4}"
+        )
+    running = [m.start() for m in re.finditer(rb"r", states)]
+    if running and _whole_file_locked_elsewhere(jobfile.fd):
+        # A shared probe: it passes the whole-file read lock, not a worker's job lock.
+        unlocked = [i for i in running if not _is_locked_elsewhere(jobfile.fd, jobfile.offsets[i])]
+        if unlocked:
+            raise RunmakerError(
+                f"{path}: jobs at line {_line_ranges(lines, unlocked)} are 'r' with no job lock while "
+                "another process locks the whole file, as runmaker4 does, so runmaker4 uses this file; "
+                f"{_RUNMAKER4}"
+            )
+
+
 def run_worker(
     path: str,
     options: WorkerOptions,
@@ -3120,6 +3261,7 @@ def run_worker(
     jobfile = JobFile(path, warn=notify)
     try:
         check_file_locking(path, fd=jobfile.fd)
+        check_job_file(jobfile, notify)
         options = dataclasses.replace(options, job_file=os.path.abspath(path))
         records = _Records(options, jobfile.identity)
         for fd, name, what in (
@@ -3130,9 +3272,13 @@ def run_worker(
             if fd is not None and _writable_by_others(fd):
                 notify(f"Warning: {name}: other users can write this file, and {what}")
         try:
-            scheduler = Scheduler(jobfile, retry=retry)
+            scheduler = Scheduler(jobfile, retry=retry, notify=notify)
             try:
-                return Worker(scheduler, options, records, console=console, notify=notify).run()
+                worker = Worker(scheduler, options, records, console=console, notify=notify)
+                code = worker.run()
+                if not worker.jobs_started and scheduler.idle_reason is IdleReason.DONE:
+                    notify("runmaker: " + scheduler.describe_nothing_to_run())
+                return code
             finally:
                 scheduler.close()
         finally:
@@ -3276,7 +3422,7 @@ class OneLineErrorCommand(click.Command):
 @click.option("--bind", metavar="ADDR", help="With --serve: listen on ADDR only (default: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=_TCP_PORT, show_default=True,
               help="TCP port of --serve and --connect (--serve --port 0: any free port).")
-@click.option("--token", metavar="TOKEN|FILE",
+@click.option("--token", type=click.Path(), metavar="TOKEN|FILE",
               help="The shared secret, or a file holding it [--serve: a new one in ~/.runmaker.token; "
                    "--connect: that file].")
 @click.option("--tcp-timings", metavar="NAME=SECONDS,...", hidden=True,
@@ -3288,14 +3434,29 @@ def main(
     requeue: bool, quiet: bool, serve: bool, connect: str | None, bind: str | None, port: int,
     token: str | None, tcp_timings: str | None,
 ) -> None:
-    """Run the pending jobs of FILE, up to -j at a time, with any number of
-    other workers on this or other hosts sharing FILE.
+    """Run the pending jobs of the job FILE, up to -j at a time, beside any
+    number of other workers on this or other hosts sharing FILE.
 
     \b
-    Example:
-        runmaker -j8 runs.txt
-        runmaker --serve runs.txt                        (on the host with the file)
-        runmaker --connect lab-ws --token TOKEN -j8      (on each other host)
+    FILE: one job per line, a state byte, a space, a shell command.
+    States: . pending  + urgent  r running  d done  ! failed  e error
+            - retired;  lines starting # or / are comments.
+    Runs the + jobs, then the . jobs (with -r also ! and e), in file order,
+    and writes each one's state back in place: . -> r -> d (or !).
+
+    \b
+    Examples:
+        runmaker -j8 runs.txt                         up to 8 jobs at once
+        runmaker -r runs.txt                          run failed and error jobs again
+        runmaker -j0 -l runs.log runs.txt             a job per CPU, a shared log
+        runmaker --serve runs.txt                     (on the host with the file)
+        runmaker --connect lab-ws --token FILE -j8    (on each other host)
+
+    \b
+    Exit status: 0 every job it ran ended d (or there was nothing to run);
+    1 a job it ran ended ! or e, or a runtime failure; 2 usage or input
+    error (the file untouched); 130 after a drain that SIGINT, SIGTERM or
+    SIGHUP started.
     """
     tcp = _TcpCommand(serve, connect, bind, port, token, tcp_timings)
     tcp.check(_given_options())

@@ -51,7 +51,8 @@ from runmaker import (
     _writable_by_others,
     _write_all,
     check_file_locking,
-    short_hostname,
+    check_job_file,
+    host_name,
     stop_signals_waking,
     work_is_over,
 )
@@ -221,6 +222,11 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _jobs(count: object) -> str:
+    """``1 job``, ``8 jobs``: a count as a user reads it."""
+    return "1 job" if count == 1 else f"{count} jobs"
 
 
 def _peer_name(address: tuple[object, ...]) -> str:
@@ -1009,7 +1015,7 @@ class _Server:
         peer.channel.send({
             "proof": _proof(self._token, b"server", peer.nonce, client_nonce).hex(),
             "file": self._path,
-            "host": short_hostname(),
+            "host": host_name(),
         })
         peer.channel.secure(_session_key(self._token, peer.nonce, client_nonce), server=True)
         peer.host = host
@@ -1017,7 +1023,7 @@ class _Server:
         silence, grace = message.get("silence"), message.get("grace")
         if _is_seconds(silence) and _is_seconds(grace):
             peer.release = float(silence) + float(grace) + self.timings.release_margin  # type: ignore[arg-type]
-        self._notify(f"runmaker: {peer.label}: authenticated, runs up to {message['jobs']} jobs")
+        self._notify(f"runmaker: {peer.label}: authenticated, runs up to {_jobs(message['jobs'])}")
 
     def _take_states(self, peer: _Peer, done: object) -> None:
         """Write the final states a client reports, through the scheduler."""
@@ -1597,6 +1603,7 @@ def _serve(
     jobfile = JobFile(path, warn=notify)
     try:
         check_file_locking(path, fd=jobfile.fd)
+        check_job_file(jobfile, notify)
         if _writable_by_others(jobfile.fd):
             notify(f"Warning: {path}: other users can write this file, and its lines run on clients")
         if options.token is not None:
@@ -1605,7 +1612,7 @@ def _serve(
             token, origin = _make_token_file()
         listener = _listen(options.bind, options.port)
         try:
-            scheduler = Scheduler(jobfile, retry=options.retry)
+            scheduler = Scheduler(jobfile, retry=options.retry, notify=notify)
             try:
                 server = _Server(scheduler, listener, token, options, notify, timings)
                 console.write(f"Token for clients: {token} ({origin})\n".encode())

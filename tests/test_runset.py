@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, read_int, run, states, wait_for, write_jobs
+from conftest import ROOT, read_int, run, shebang_env, states, wait_for, write_jobs
 
 JOBS = (
     "# jobs of the test\n"
@@ -327,7 +327,8 @@ def test_mixed_actions_are_usage_errors(tmp_path, args, fragment):
 
 @pytest.mark.timeout(30)
 def test_runs_from_a_checkout_with_help_and_example(tmp_path):
-    result = subprocess.run([str(ROOT / "runset.py"), "--help"], capture_output=True, timeout=30)
+    result = subprocess.run([str(ROOT / "runset.py"), "--help"], capture_output=True, timeout=30,
+                            env=shebang_env())
     assert result.returncode == 0
     text = result.stdout.decode()
     assert "runset --state '!e' --set . runs.txt" in text

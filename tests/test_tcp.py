@@ -255,6 +255,27 @@ def test_clients_on_loopback_run_every_job_once(tmp_path: Path, procs: Procs) ->
     assert tcp.out("server") == f"Token for clients: {tcp.token.read_text().strip()} (read from {tcp.token})\n"
 
 
+@pytest.mark.timeout(30)
+def test_a_client_of_one_job_is_named_in_the_singular(tmp_path: Path, procs: Procs) -> None:
+    runs = record_jobs(tmp_path / "runs.txt", 2, "")
+    tcp = Tcp(tmp_path, procs)
+    server, port = tcp.serve(runs)
+    client = tcp.connect("c0", port)
+    assert wait_exit(client) == 0, tcp.err("c0")
+    assert wait_exit(server) == 0, tcp.err("server")
+    assert re.search(r"^runmaker: 127\.0\.0\.1:\d+ \(.+\): authenticated, runs up to 1 job$", tcp.err("server"), re.M)
+
+
+@pytest.mark.timeout(30)
+def test_serve_refuses_a_file_in_use_by_runmaker4(tmp_path: Path) -> None:
+    (tmp_path / "runs.txt").write_bytes(b"d a\n? b\n. c\n")
+    result = run("runmaker", "--serve", "--port", "0", "--token", "t" * 32, "runs.txt", cwd=tmp_path)
+    assert result.returncode == 2
+    assert (result.stdout, (tmp_path / "runs.txt").read_bytes()) == (b"", b"d a\n? b\n. c\n")
+    assert result.stderr.decode().splitlines()[0].startswith("Error: runs.txt:2: '?' is runmaker4's claim")
+    assert len(result.stderr.splitlines()) == 1
+
+
 @pytest.mark.timeout(60)
 def test_caps_barriers_and_priorities_hold_and_runset_sees_the_claims(tmp_path: Path, procs: Procs) -> None:
     # Every job waits for the file 'listed' after it has started: the first

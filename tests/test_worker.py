@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import alive, read_int, run, states, wait_exit, wait_for, write_jobs
-from runmaker import JobFile, _is_locked_elsewhere, __version__, short_hostname
+from runmaker import JobFile, _is_locked_elsewhere, __version__, host_name
 
-HOST = re.escape(short_hostname())
+HOST = re.escape(host_name())
 PY = sys.executable
 
 
@@ -246,10 +246,15 @@ def test_exit_codes_all_done_some_failed_nothing_to_do(tmp_path):
     assert result.returncode == 1
     assert states(tmp_path / "bad.txt") == "d!d"
 
-    for content in ("", "# nothing\n\n", "d true\n! false\ne false\n- true\n"):
+    for content, said in (
+        ("", "no jobs"),
+        ("# nothing\n\n", "no jobs"),
+        ("d true\n! false\ne false\n- true\n", "1 done, 1 failed, 1 error, 1 retired; -r reruns them"),
+    ):
         (tmp_path / "idle.txt").write_text(content)
         result = run("runmaker", "idle.txt", cwd=tmp_path)
-        assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+        assert (result.returncode, result.stdout) == (0, b"")
+        assert result.stderr.decode() == f"runmaker: nothing to run in idle.txt ({said})\n"  # one line, says why
         assert (tmp_path / "idle.txt").read_text() == content
 
 
@@ -287,7 +292,7 @@ def test_job_environment_process_group_and_stdin(tmp_path):
     for pid, (env_line, proc_line) in env_lines.items():
         file, line, slot, host = env_line.split("|")
         assert file == str(tmp_path / "runs.txt")
-        assert host == short_hostname()
+        assert host == host_name()
         lines.add(line)
         slots.add(slot)
         pgid, sid, stdin, empty = proc_line.split()
@@ -648,7 +653,7 @@ def test_jobs_get_default_sigpipe_so_pipelines_end(tmp_path):
     assert states(path) == "dd"
     # The tag names each job's shell ($$), so the lines expected are known
     # before looking at the output.
-    host, pid1, pid2 = short_hostname(), read_int(tmp_path / "pid1"), read_int(tmp_path / "pid2")
+    host, pid1, pid2 = host_name(), read_int(tmp_path / "pid1"), read_int(tmp_path / "pid2")
     assert sorted(lines_of(result.stdout)) == sorted([
         f"stdout ({host},{pid1}): x",
         f"stdout ({host},{pid2}): y",
