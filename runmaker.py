@@ -21,6 +21,7 @@ import array
 import base64
 import bisect
 import collections
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -50,6 +51,7 @@ __all__ = [
     "Claim",
     "JobCounts",
     "JobFile",
+    "JobFileFailed",
     "JobSelection",
     "JobSource",
     "JobWatcher",
@@ -64,7 +66,9 @@ __all__ = [
     "append_jobs",
     "append_to_shared_file",
     "check_file_locking",
+    "default_fence",
     "echo_to_stderr",
+    "job_file_failed",
     "list_jobs",
     "main",
     "progress_cells",
@@ -120,6 +124,29 @@ _JOBLOG_HEADER = b"Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSig
 # --------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------
+
+
+class JobFileFailed(click.ClickException):
+    """The job file failed under a running worker or server: one ``Error:`` line, exit status 1."""
+
+    exit_code = 1
+
+
+def job_file_failed(path: str, exc: OSError) -> JobFileFailed:
+    """The error to end with when an operation on the job file raised ``exc``.
+
+    The caller has killed its running jobs and writes nothing more to the
+    file.  EIO from an NFS job file means the server dropped this host's
+    locks (a lease that ran out while the host was cut off): other hosts
+    may already see its jobs lost.
+    """
+    if exc.errno == errno.EIO:
+        return JobFileFailed(
+            f"{path}: input/output error (EIO) on the job file: its locks are gone (an NFS server "
+            "drops them when this host was silent past its lease); running jobs killed, "
+            "nothing more written"
+        )
+    return JobFileFailed(f"{path}: {exc.strerror or exc}; running jobs killed")
 
 
 class RunmakerError(click.ClickException):
@@ -660,6 +687,7 @@ class Scheduler:
         self._rescan_cost = 0.0
         self._blocked_by: str | None = None
         self._contended = False  # a queued job's lock was held elsewhere
+        self._abandoned = False
         self.rescan()
 
     # -- public ------------------------------------------------------------
@@ -746,10 +774,21 @@ class Scheduler:
 
     def close(self) -> None:
         """Make every state byte written durable and release its lock."""
+        if self._abandoned:
+            return
         try:
             self.commit()
         finally:
             self._committer.close()
+
+    def abandon(self) -> None:
+        """After the job file failed: write, fsync and release nothing more.
+
+        Its locks may be gone already (EIO from NFS); an fsync could write
+        pages back over bytes that other hosts now own.  Closing the
+        descriptor, or the process ending, lets go of whatever is left.
+        """
+        self._abandoned = True
 
     def _releaser(self, claim: Claim) -> Callable[[], None]:
         # Read here, on the event loop: the committer thread must not index
@@ -1164,6 +1203,7 @@ class WorkerOptions:
     joblog: str | None = None
     host: str = field(default_factory=short_hostname)
     job_file: str = ""  # RUNMAKER_FILE: absolute path of the job file
+    fence: float | None = None  # seconds; None: by the job file's mount (default_fence)
 
 
 @dataclass(eq=False)
@@ -1220,6 +1260,161 @@ class _Link(Protocol):
     def broken(self) -> str | None: ...
 
 
+_FENCE_DEFAULT = 30.0  # seconds, on NFSv4 mounts
+
+
+def default_fence(fd: int, mountinfo: str | None = None, mountstats: str | None = None) -> float:
+    """The ``--fence`` a worker on the open job file ``fd`` gets by default.
+
+    30 s on an NFSv4 mount, but at most half the lease time the server told
+    the client (``lease_time`` in ``/proc/self/mountstats``), so that our
+    jobs are dead well before the server may drop our locks; 0 (off)
+    anywhere else: an NFSv3 server keeps the locks of a silent client, and
+    a local file system cannot lose them.  ``mountinfo`` and ``mountstats``
+    are the texts of those files (read from /proc when None).
+    """
+    try:
+        if mountinfo is None:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+                mountinfo = f.read()
+        st = os.fstat(fd)
+    except OSError:
+        return 0.0
+    device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    mountpoint = None
+    for entry in mountinfo.splitlines():
+        fields = entry.split()
+        if len(fields) > 7 and fields[2] == device and "-" in fields[6:]:
+            fstype = fields[fields.index("-", 6) + 1:][:1]
+            if fstype == ["nfs4"]:
+                mountpoint = fields[4]
+                break
+    if mountpoint is None:
+        return 0.0
+    try:
+        if mountstats is None:
+            with open("/proc/self/mountstats", encoding="utf-8", errors="replace") as f:
+                mountstats = f.read()
+    except OSError:
+        return _FENCE_DEFAULT
+    section = None
+    for line in mountstats.splitlines():
+        if line.startswith("device "):
+            section = f" mounted on {mountpoint} with fstype nfs4" in line
+        elif section:
+            match = re.search(r"[\t ,]lease_time=([0-9]+)", line)
+            if match and int(match.group(1)) > 0:
+                return min(_FENCE_DEFAULT, int(match.group(1)) / 2)
+    return _FENCE_DEFAULT
+
+
+class _Fence:
+    """Stops this worker's jobs when the job file stops answering (SPEC 3, Fencing).
+
+    A lock can vanish while its holder lives: an NFSv4 server drops the
+    locks of a client it has not heard from for its lease time (a network
+    partition), and another host then sees our jobs lost and may run them
+    again.  So when an operation on the job file has not completed for
+    ``seconds``, ``on_stall`` kills the running jobs.  The watch is a thread
+    of its own, as the operation that hangs (a hard NFS mount waits for its
+    server) holds the event loop with it.  ``seconds`` 0: no watch at all.
+    """
+
+    def __init__(self, seconds: float, on_stall: Callable[[float], None]) -> None:
+        self.seconds = seconds
+        self.tripped = False
+        self._on_stall = on_stall
+        self._cond = threading.Condition()
+        self._pending: dict[int, float] = {}  # operation -> when it began
+        self._count = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if seconds > 0:
+            self._thread = threading.Thread(target=self._watch, name="runmaker-fence", daemon=True)
+            self._thread.start()
+
+    @contextlib.contextmanager
+    def operation(self) -> Iterator[None]:
+        """Around every call that touches the job file."""
+        if self._thread is None:
+            yield
+            return
+        with self._cond:
+            self._count += 1
+            token = self._count
+            self._pending[token] = time.monotonic()
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                del self._pending[token]
+
+    def answered(self) -> bool:
+        """True once after a stall, as soon as no operation is stuck any more."""
+        with self._cond:
+            if self.tripped and not self._pending:
+                self.tripped = False
+                self._cond.notify()
+                return True
+            return False
+
+    def close(self) -> None:
+        if self._thread is not None:
+            with self._cond:
+                self._closed = True
+                self._cond.notify()
+            self._thread.join()
+
+    def _watch(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if not self._pending or self.tripped:
+                    self._cond.wait()
+                    continue
+                began = min(self._pending.values())
+                left = began + self.seconds - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self.tripped = True
+                self._cond.release()
+                try:
+                    self._on_stall(time.monotonic() - began)
+                finally:
+                    self._cond.acquire()
+
+
+class _FencedSource:
+    """A Scheduler whose every call is an operation the fence watches."""
+
+    def __init__(self, source: JobSource, fence: _Fence) -> None:
+        self._source = source
+        self._fence = fence
+        self.idle_reason = source.idle_reason
+
+    def claim_jobs(self, count: int, *, idle: bool = False) -> list[Claim]:
+        with self._fence.operation():
+            claims = self._source.claim_jobs(count, idle=idle)
+        self.idle_reason = self._source.idle_reason
+        return claims
+
+    def finish_job(self, claim: Claim, state: str) -> None:
+        with self._fence.operation():
+            self._source.finish_job(claim, state)
+
+    def commit(self) -> None:
+        with self._fence.operation():
+            self._source.commit()
+
+    def replaced(self) -> bool:
+        with self._fence.operation():
+            return self._source.replaced()
+
+    def describe_block(self) -> str:
+        return self._source.describe_block()
+
+
 class Worker:
     """Runs jobs from a source (a Scheduler, or a TCP server), up to -j at once.
 
@@ -1267,6 +1462,9 @@ class Worker:
         env["RUNMAKER_FILE"] = options.job_file
         env["RUNMAKER_HOST"] = host
         self._env = env
+        self._fence = _Fence(options.fence or 0.0, self._fence_jobs)
+        if options.fence:
+            self.source = _FencedSource(source, self._fence)
 
     # -- the loop ----------------------------------------------------------
 
@@ -1283,7 +1481,10 @@ class Worker:
         }
         previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _wake_only)
         try:
-            self._loop(wake_r)
+            try:
+                self._loop(wake_r)
+            finally:
+                self._fence.close()
         except BaseException:
             # A bug, or a file system failing under us: our job locks go
             # with this process, so our jobs must not run on unowned
@@ -1304,6 +1505,8 @@ class Worker:
 
     def _loop(self, wake_r: int) -> None:
         while True:
+            if self._fence.answered():
+                self.notify(f"runmaker: {self.options.job_file}: the job file answers again; claiming jobs again")
             self._handle_signals()
             self._check_link()
             self._reap()
@@ -1397,6 +1600,23 @@ class Worker:
             elif self._signals_seen == 2:
                 self.notify(f"runmaker: {name}: killing {len(self._running)} running jobs")
                 self._kill_all()
+
+    def _fence_jobs(self, stalled: float) -> None:
+        """The fence (its own thread): SIGKILL every running job's process group.
+
+        The event loop is stuck in the operation that does not complete, so
+        the jobs are marked here and reaped by the loop once it answers;
+        they end 'e' (interrupted).
+        """
+        jobs = list(self._running.values())
+        for job in jobs:
+            job.interrupted = True
+            _signal_group(job.pid, signal.SIGKILL)
+        self.notify(
+            f"runmaker: {self.options.job_file}: no answer from the job file for {stalled:.0f} s "
+            f"(--fence {self.options.fence:g}); killed {len(jobs)} running jobs, whose locks the "
+            f"server may drop; claiming nothing until it answers"
+        )
 
     def _stop_jobs_now(self) -> None:
         """SIGKILL every running job's process group and reap it."""
@@ -2707,6 +2927,17 @@ class _Server:
         try:
             self._loop(wake_r)
             self._say_goodbye(wake_r)
+        except OSError:
+            # The job file failed (EIO: the NFS server dropped our locks):
+            # the clients' jobs are no longer ours to run.  Best effort, as
+            # the caller ends at once: their connections close with it.
+            for peer in self._clients():
+                try:
+                    peer.channel.send({"t": "stop"})
+                    peer.channel.flush()
+                except (OSError, _PeerError):
+                    pass
+            raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -3496,14 +3727,14 @@ class _TcpCommand:
             raise click.UsageError("--serve and --connect exclude each other")
         if tcp.serve:
             wrong = given & {"jobs", "logfile", "loglines", "one_only", "logdir", "joblog",
-                             "timeout", "retries", "quiet"}
+                             "timeout", "retries", "quiet", "fence"}
             if wrong:
                 raise click.UsageError(
                     f"{_flags(wrong)}: --serve runs no jobs itself; "
                     "give these to its clients (--connect)"
                 )
         elif tcp.connect:
-            wrong = given & {"retry", "follow", "bind"}
+            wrong = given & {"retry", "follow", "bind", "fence"}
             if wrong:
                 raise click.UsageError(
                     f"{_flags(wrong)}: an option of the server (--serve), not of a client"
@@ -3577,6 +3808,9 @@ def serve_job_file(
                     f"of {options.bind or 'every interface'}"
                 )
                 return server.run()
+            except OSError as exc:  # the server has told its clients to stop their jobs
+                scheduler.abandon()
+                raise job_file_failed(path, exc) from None
             finally:
                 scheduler.close()
         finally:
@@ -3641,6 +3875,8 @@ def run_worker(
     try:
         check_file_locking(path, fd=jobfile.fd)
         options.job_file = os.path.abspath(path)
+        if options.fence is None:
+            options.fence = default_fence(jobfile.fd)
         records = _Records(options, jobfile.identity)
         for fd, name, what in (
             (jobfile.fd, path, "its lines run as you"),
@@ -3653,6 +3889,9 @@ def run_worker(
             scheduler = Scheduler(jobfile, retry=retry)
             try:
                 return Worker(scheduler, options, records, console=console, notify=notify).run()
+            except OSError as exc:  # the Worker has killed its jobs
+                scheduler.abandon()
+                raise job_file_failed(path, exc) from None
             finally:
                 scheduler.close()
         finally:
@@ -3713,6 +3952,10 @@ class OneLineErrorCommand(click.Command):
 @click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True,
               help="Run a failing job up to N more times before marking it '!'.")
 @click.option("--follow", is_flag=True, help="Do not exit when idle: wait for appended jobs.")
+@click.option("--fence", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Kill the running jobs when the job file has not answered for SECONDS, before an "
+                   "NFS server drops this host's locks; 0 = never  [default: 30 on NFSv4 mounts, at "
+                   "most half the lease time; off elsewhere]")
 @click.option("-q", "--quiet", is_flag=True, help="Print no executing/status lines, only job output.")
 @click.option("--serve", is_flag=True,
               help="Serve FILE's jobs to TCP clients (runmaker --connect) instead of running them.")
