@@ -413,7 +413,12 @@ class JobFile:
         self._getter: tuple[int, Callable[[bytes], object]] | None = None
 
     def close(self) -> None:
-        os.close(self.fd)
+        try:
+            os.close(self.fd)
+        except OSError:
+            # NFS reports write-back errors again at close; every state
+            # byte that mattered was fsynced (and checked) before its unlock.
+            pass
 
     # -- reading -----------------------------------------------------------
 
@@ -3725,16 +3730,19 @@ class _TcpCommand:
         given = _given_options()
         if tcp.serve and tcp.connect:
             raise click.UsageError("--serve and --connect exclude each other")
+        if (tcp.serve or tcp.connect) and "fence" in given:
+            raise click.UsageError("--fence: an option of a worker on a shared job file, "
+                                   "not of --serve or --connect")
         if tcp.serve:
             wrong = given & {"jobs", "logfile", "loglines", "one_only", "logdir", "joblog",
-                             "timeout", "retries", "quiet", "fence"}
+                             "timeout", "retries", "quiet"}
             if wrong:
                 raise click.UsageError(
                     f"{_flags(wrong)}: --serve runs no jobs itself; "
                     "give these to its clients (--connect)"
                 )
         elif tcp.connect:
-            wrong = given & {"retry", "follow", "bind", "fence"}
+            wrong = given & {"retry", "follow", "bind"}
             if wrong:
                 raise click.UsageError(
                     f"{_flags(wrong)}: an option of the server (--serve), not of a client"

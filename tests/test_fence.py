@@ -12,7 +12,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from conftest import Procs, alive, read_int, states, wait_for, write_jobs
+from conftest import Procs, alive, read_int, run, states, wait_for, write_jobs
 
 from runmaker import APPEND_BYTE, default_fence
 
@@ -96,3 +96,12 @@ def test_the_default_fence_is_off_on_local_files_and_bounded_by_the_nfs4_lease(t
         assert default_fence(fd, nfs3, _MOUNTSTATS.format(lease=10)) == 0
     finally:
         os.close(fd)
+
+
+def test_fence_is_refused_where_no_worker_holds_the_job_file(tmp_path: Path) -> None:
+    runs = write_jobs(tmp_path / "runs.txt", ["true"])
+    for args in (["--serve", "--port", "0", "--fence", "5", str(runs)], ["--connect", "localhost", "--fence", "5"]):
+        done = run("runmaker", *args, cwd=tmp_path)
+        err = done.stderr.decode().splitlines()
+        assert done.returncode == 2 and len(err) == 1 and err[0].startswith("Error: --fence: "), err
+    assert runs.read_text() == ". true\n"
