@@ -361,10 +361,11 @@ class Guest:
     def heal(self) -> float:
         return float(self.sh("ip link set eth0 up; now").out.split()[-1])
 
-    def mount(self) -> None:
-        self.sh("set -e; mkdir -p /n4 /n3\n"
-                "mountpoint -q /n4 || mount -t nfs -o vers=4.2 srv:/ /n4\n"
-                "mountpoint -q /n3 || mount -t nfs -o vers=3 srv:/export /n3\n")
+    def mount(self) -> Command:
+        """Mount the export at /n4 (NFSv4.2) and /n3 (NFSv3); wait() for it."""
+        return self.start("set -e; mkdir -p /n4 /n3\n"
+                          "mountpoint -q /n4 || mount -t nfs -o vers=4.2 srv:/ /n4\n"
+                          "mountpoint -q /n3 || mount -t nfs -o vers=3 srv:/export /n3\n")
 
 
 class Lab:
@@ -440,8 +441,9 @@ class Lab:
             g.boot()
         for g in self.guests:
             g.wait_ready()
-        for g in self.clients:
-            g.mount()
+        for mounting in [g.mount() for g in self.clients]:
+            if mounting.wait().rc != 0:
+                raise GuestError(f"{mounting.guest.name}: mount failed:\n{mounting.output()}")
         self.wait_for_grace(self.clients[0])
 
     def wait_for_grace(self, client: Guest) -> None:
@@ -457,11 +459,11 @@ EOF""", timeout=120)
     def ensure_up(self, guest: Guest) -> None:
         """Boot ``guest`` again (and mount) if it was killed."""
         if guest.alive():
-            guest.sh("ip link set eth0 up")
             return
         guest.boot()
         guest.wait_ready()
-        guest.mount()
+        if guest.mount().wait().rc != 0:
+            raise GuestError(f"{guest.name}: mount failed after a reboot")
 
     def stop(self) -> None:
         """Kill every guest and the switch; leave nothing running."""
