@@ -1656,7 +1656,10 @@ class Worker:
         env["RUNMAKER_SLOT"] = str(local_slot)
         files = None
         try:
-            files = self.records.open_job_files(claim.line, attempt == 1)
+            with self._fence.operation():  # records on the job file's server hang with it
+                files = self.records.open_job_files(claim.line, attempt == 1)
+            if self._fence.tripped:  # it fired meanwhile: this claim may be gone as well
+                raise OSError(errno.ETIMEDOUT, "the job file did not answer (--fence)")
             pid = os.posix_spawn(
                 "/bin/sh",
                 [b"/bin/sh", b"-c", command],
@@ -1798,9 +1801,13 @@ class Worker:
         runtime: float,
         outcome: _Outcome,
     ) -> None:
-        for problem in self.records.job_ended(
-            claim.command, tail, status, claim.line, self.options.host, started, runtime, outcome
-        ):
+        # A log on the job file's NFS server hangs with it, and the loop
+        # stuck here keeps no claim alive either: the fence watches it too.
+        with self._fence.operation():
+            problems = self.records.job_ended(
+                claim.command, tail, status, claim.line, self.options.host, started, runtime, outcome
+            )
+        for problem in problems:
             self.notify(f"runmaker: line {claim.line}: {problem}")
 
     def _finish(self, claim: Claim, state: str, local_slot: int) -> None:
