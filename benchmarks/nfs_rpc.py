@@ -26,8 +26,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "nfs"))
-from umlnfs import Guest, Lab, prepare
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from nfs.umlnfs import Guest, Lab, prepare
 
 __all__ = ["main", "measure", "mount_rpcs"]
 

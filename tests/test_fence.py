@@ -44,7 +44,7 @@ def test_a_stalled_job_file_kills_the_running_jobs_and_claims_nothing_until_it_a
         os.close(held)
     out, err = worker.communicate(timeout=30)
     lines = err.decode().splitlines()
-    assert worker.returncode == 1
+    assert worker.returncode == 1 and out == b""
     assert states(runs) == "eed"
     assert len(lines) == 2, lines
     assert lines[0].startswith(f"runmaker: {runs}: no answer from the job file for ")
@@ -63,7 +63,7 @@ def test_fence_0_lets_jobs_run_through_a_stall(tmp_path: Path, procs: Procs) -> 
     finally:
         os.close(held)
     out, err = worker.communicate(timeout=30)
-    assert (worker.returncode, err, states(runs)) == (0, b"", "d")
+    assert (worker.returncode, out, err, states(runs)) == (0, b"", b"", "d")
 
 
 _MOUNTINFO = (

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import umlnfs
+
+from . import umlnfs
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ import time
 from collections import Counter
 
 import pytest
-from umlnfs import LEASE, Guest, Lab
+
+from .umlnfs import LEASE, Guest, Lab
 
 pytestmark = [pytest.mark.nfs, pytest.mark.timeout(300)]
 
