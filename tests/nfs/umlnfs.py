@@ -58,6 +58,28 @@ _GUEST_PACKAGES = ["nfs-common", "nfs-kernel-server", "rpcbind", "keyutils", "li
 # (uml-utilities' other tools want them; only uml_switch is used).
 _UNNEEDED = {"adduser", "lsb-base", "libfuse2", "libreadline8", "readline-common"}
 _STAMP = ".built-1"
+# The guardian: a process of its own that waits for EOF on its stdin, a pipe
+# from the Lab's process, and then kills every process group listed in the
+# Lab's record.  So the guests and the switch end when the test run does,
+# even one killed before its teardown (SIGKILL): a UML kernel's helper
+# processes outlive the kernel process itself.
+_GUARDIAN = """import os, signal, sys
+sys.stdin.buffer.read()
+try:
+    lines = open(sys.argv[1]).read().split("\\n")
+except OSError:
+    lines = []
+for line in lines:
+    if line.split():
+        try:
+            os.killpg(int(line.split()[0]), signal.SIGKILL)
+        except OSError:
+            pass
+try:
+    os.unlink(sys.argv[1])
+except OSError:
+    pass
+"""
 _MEMORY = "384M"
 
 # PID 1 of every guest.  Stage 1 runs on the host's / (read-only hostfs),
@@ -384,6 +406,7 @@ class Lab:
         self.hosts = "127.0.0.1 localhost\\n" + "".join(f"{g.ip} {g.name}\\n" for g in self.guests)
         self.files = self.run / "files"  # /lab/files in every guest
         self.switch: subprocess.Popen[bytes] | None = None
+        self.guardian: subprocess.Popen[bytes] | None = None
         self._pids = CACHE / "running" / str(os.getpid())
 
     def remember(self, pid: int) -> None:
@@ -416,6 +439,10 @@ class Lab:
             raise GuestError(why)
         self._end_leftovers()
         self.run.mkdir(parents=True, exist_ok=True)
+        self._pids.parent.mkdir(exist_ok=True)
+        self._pids.write_text("")
+        self.guardian = subprocess.Popen([PYTHON, "-c", _GUARDIAN, str(self._pids)], stdin=subprocess.PIPE,
+                                         start_new_session=True)
         self.files.mkdir(exist_ok=True)
         (self.run / "init.sh").write_text(_INIT)
         (self.run / "init.sh").chmod(0o755)
@@ -475,6 +502,10 @@ EOF""", timeout=120)
         if self.switch is not None and self.switch.stdin:
             self.switch.stdin.close()
         shutil.rmtree(self.run / "uml", ignore_errors=True)
+        if self.guardian is not None and self.guardian.stdin is not None:
+            self._pids.write_text("")  # all ended already
+            self.guardian.stdin.close()
+            self.guardian.wait()
         self._pids.unlink(missing_ok=True)
 
     def put(self, name: str, data: str | bytes) -> str:
