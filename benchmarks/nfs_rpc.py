@@ -70,7 +70,7 @@ def measure(lab: Lab, name: str, jobs: int, finished: int) -> tuple[int, Counter
     wall = time.monotonic() - t0
     after = [_rpcs(c) for c in lab.clients]
     per_op: Counter[str] = Counter()
-    for b, a in zip(before, after):
+    for b, a in zip(before, after, strict=True):
         per_op.update(a)
         per_op.subtract(b)
     left = c0.sh(f"grep -c -v '^d' {d}/runs.txt", check=False).out.strip()

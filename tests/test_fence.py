@@ -100,7 +100,8 @@ def test_the_default_fence_is_off_on_local_files_and_bounded_by_the_nfs4_lease(t
 
 def test_fence_is_refused_where_no_worker_holds_the_job_file(tmp_path: Path) -> None:
     runs = write_jobs(tmp_path / "runs.txt", ["true"])
-    for args in (["--serve", "--port", "0", "--fence", "5", str(runs)], ["--connect", "localhost", "--fence", "5"]):
+    for args in (["--serve", "--port", "0", "--fence", "5", str(runs)],
+                 ["--connect", "localhost", "--fence", "5"]):
         done = run("runmaker", *args, cwd=tmp_path)
         err = done.stderr.decode().splitlines()
         assert done.returncode == 2 and len(err) == 1 and err[0].startswith("Error: --fence: "), err

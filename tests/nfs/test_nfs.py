@@ -185,7 +185,8 @@ def test_a_killed_hosts_jobs_become_lost_after_the_lease_and_rerun_once(lab: Lab
     victim, obs = lab.clients[2], lab.clients[0]
     for c in (victim, obs):
         lab.ensure_up(c)
-    text = "".join(f". [ -e {d}/fast ] || sleep 300; touch {d}/m/{i}.$RUNMAKER_HOST.$$\n" for i in range(1, 5))
+    text = "".join(f". [ -e {d}/fast ] || sleep 300; touch {d}/m/{i}.$RUNMAKER_HOST.$$\n"
+                   for i in range(1, 5))
     obs.sh(f"rm -rf {d}; mkdir -p {d}/m; cp {lab.put('kill.txt', text)} {d}/runs.txt")
     victim.start(f"runmaker -j4 {d}/runs.txt")
     _wait_summary(obs, f"{d}/runs.txt", '"r": 4')

@@ -53,7 +53,8 @@ __all__ = ["CACHE", "LEASE", "Guest", "GuestError", "Lab", "Result", "prepare", 
 # Packages unpacked into the cache.  Host side: the UML kernel and the switch.
 # Guest layer: what an NFS server and client need beyond the host's own /.
 _HOST_PACKAGES = ["user-mode-linux", "uml-utilities"]
-_GUEST_PACKAGES = ["nfs-common", "nfs-kernel-server", "rpcbind", "keyutils", "libnfsidmap1", "libwrap0", "kmod"]
+_GUEST_PACKAGES = ["nfs-common", "nfs-kernel-server", "rpcbind", "keyutils", "libnfsidmap1", "libwrap0",
+                   "kmod"]
 # Dependencies apt would add that no guest or host tool here needs
 # (uml-utilities' other tools want them; only uml_switch is used).
 _UNNEEDED = {"adduser", "lsb-base", "libfuse2", "libreadline8", "readline-common"}
@@ -135,7 +136,8 @@ if [ "$ROLE" = server ]; then
     mount -t tmpfs -o size=256m,mode=1777 export /export
     : > /var/lib/nfs/etab; : > /var/lib/nfs/rmtab; : > /etc/exports
     # fsid=0: /export is the NFSv4 root as well (an overlayfs / could not be one).
-    exportfs -o rw,sync,no_root_squash,no_subtree_check,fsid=0 '*:/export' > /dev/console 2>&1 || say "exportfs failed"
+    exportfs -o rw,sync,no_root_squash,no_subtree_check,fsid=0 '*:/export' > /dev/console 2>&1 \
+        || say "exportfs failed"
     rpc.mountd || say "rpc.mountd failed"
     rpc.nfsd 8 || say "rpc.nfsd failed"
 fi
@@ -229,9 +231,11 @@ def prepare() -> str | None:
 
     missing = [p for p in packages if deb(p) is None]
     if missing:
-        got = _run_quiet(["apt-get", "download", "-o", "APT::Sandbox::User=root", *missing], cwd=debs, timeout=600)
+        got = _run_quiet(["apt-get", "download", "-o", "APT::Sandbox::User=root", *missing],
+                         cwd=debs, timeout=600)
         if any(deb(p) is None for p in missing):
-            return f"Debian packages not reachable (apt-get download {' '.join(missing)}: {got.stderr.strip()[-200:]})"
+            return (f"Debian packages not reachable (apt-get download {' '.join(missing)}: "
+                    f"{got.stderr.strip()[-200:]})")
     for part in ("host", "guest"):
         shutil.rmtree(CACHE / part, ignore_errors=True)
         (CACHE / part).mkdir()
@@ -244,7 +248,8 @@ def prepare() -> str | None:
             shutil.copytree(guest / d, guest / "usr" / d, symlinks=True, dirs_exist_ok=True)
             shutil.rmtree(guest / d)
     # The UML kernel's modules (nfs, nfsd, lockd, overlay), with their modules.dep.
-    shutil.copytree(CACHE / "host/usr/lib/uml/modules", guest / "usr/lib/modules", symlinks=True, dirs_exist_ok=True)
+    shutil.copytree(CACHE / "host/usr/lib/uml/modules", guest / "usr/lib/modules", symlinks=True,
+                    dirs_exist_ok=True)
     (CACHE / _STAMP).touch()
     return None
 
@@ -294,7 +299,8 @@ class Command:
         deadline = time.monotonic() + timeout
         while not self.done():
             if not self.guest.alive():
-                raise GuestError(f"{self.guest.name} died while running {self.base.name}; see {self.guest.console}")
+                raise GuestError(f"{self.guest.name} died while running {self.base.name}; "
+                                 f"see {self.guest.console}")
             if time.monotonic() > deadline:
                 raise GuestError(f"{self.guest.name}: {self.base.name} still running after {timeout} s:\n"
                                  + self.output()[-2000:])
@@ -322,10 +328,11 @@ class Guest:
         for f in (self.dir / "q").iterdir():
             f.unlink()
         (self.dir / "ready").unlink(missing_ok=True)
-        env = {"ROLE": self.role, "IP": self.ip, "HOSTS": self.lab.hosts, "LEASE": str(LEASE), "PYTHON": PYTHON}
+        env = {"ROLE": self.role, "IP": self.ip, "HOSTS": self.lab.hosts, "LEASE": str(LEASE),
+               "PYTHON": PYTHON}
         (self.dir / "env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
-        argv = [str(CACHE / "host/usr/bin/linux.uml"), f"mem={_MEMORY}", "root=/dev/root", "rootfstype=hostfs",
-                "rootflags=/", "ro", f"init={self.lab.run / 'init.sh'}",
+        argv = [str(CACHE / "host/usr/bin/linux.uml"), f"mem={_MEMORY}", "root=/dev/root",
+                "rootfstype=hostfs", "rootflags=/", "ro", f"init={self.lab.run / 'init.sh'}",
                 f"eth0=daemon,{self.mac},unix,{self.lab.run / 'switch.ctl'}",
                 "con=null", "con0=null,fd:1", "ssl=null", "panic=-1",
                 f"uml_dir={self.lab.run / 'uml'}", f"umid={self.name}",
@@ -334,8 +341,9 @@ class Guest:
             console.write(f"\n==== boot at {time.strftime('%T')} ====\n".encode())
             console.flush()
             # TMPDIR: UML maps its memory from a file there, which must be a tmpfs.
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                                         env=dict(os.environ, TMPDIR="/dev/shm"), start_new_session=True)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
+                                         stderr=subprocess.STDOUT, env=dict(os.environ, TMPDIR="/dev/shm"),
+                                         start_new_session=True)
         self.lab.remember(self.proc.pid)
         self.booted = time.monotonic()
 
