@@ -255,9 +255,14 @@ def test_clients_on_loopback_run_every_job_once(tmp_path: Path, procs: Procs) ->
     assert tcp.out("server") == f"Token for clients: {tcp.token.read_text().strip()} (read from {tcp.token})\n"
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 def test_caps_barriers_and_priorities_hold_and_runset_sees_the_claims(tmp_path: Path, procs: Procs) -> None:
-    job = ('echo s $RUNMAKER_LINE $(date +%s%N) >> times; sleep 0.3; '
+    # Every job waits for the file 'listed' after it has started: the first
+    # two hold until runset has been seen listing them (a runset takes
+    # seconds to start on a loaded machine; jobs of 0.3 s were often over
+    # before it looked).
+    job = ('echo s $RUNMAKER_LINE $(date +%s%N) >> times; '
+           'while [ ! -e listed ]; do sleep 0.02; done; sleep 0.3; '
            'echo e $RUNMAKER_LINE $(date +%s%N) >> times')
     runs = tmp_path / "runs.txt"
     runs.write_text(f". {job}\n. {job}\n+ {job}\n. {job}\n#runmaker barrier\n. {job}\n. {job}\n"
@@ -265,10 +270,21 @@ def test_caps_barriers_and_priorities_hold_and_runset_sees_the_claims(tmp_path: 
     tcp = Tcp(tmp_path, procs)
     server, port = tcp.serve(runs)
     clients = [tcp.connect(f"c{i}", port, "-j3") for i in range(2)]
-    listed = wait_for(lambda: re.findall(r"^\d+: r - ", run("runset", str(runs)).stdout.decode(), re.M),
-                      what="runset listing running jobs")
-    assert 1 <= len(listed) <= 2
-    assert "[lost]" not in run("runset", str(runs)).stdout.decode()
+
+    def listing() -> str:
+        result = run("runset", str(runs))
+        assert result.returncode == 0, result.stderr
+        return result.stdout.decode()
+
+    # Both jobs under the cap are claimed ('+' first, then in order) and held.
+    times = tmp_path / "times"
+    wait_for(lambda: times.exists() and len(times.read_text().splitlines()) >= 2, timeout=30,
+             what="two jobs to start")
+    listed = listing()
+    assert re.findall(r"^(\d+): r - ", listed, re.M) == ["1", "3"], listed
+    assert "[lost]" not in listed
+    assert "[lost]" not in listing()
+    (tmp_path / "listed").touch()
     assert [wait_exit(c) for c in clients] == [0, 0]
     assert wait_exit(server) == 0
     assert states(runs) == "d" * 6
