@@ -76,8 +76,10 @@ __all__ = [
     "append_to_shared_file",
     "check_file_locking",
     "check_job_file",
+    "default_fence",
     "echo_to_stderr",
     "host_name",
+    "job_file_failed",
     "list_jobs",
     "main",
     "progress_cells",
@@ -173,6 +175,23 @@ def _failing_as_runtime_error(path: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise RunmakerFailure(f"{path}: {exc.strerror or exc}") from None
+
+
+def job_file_failed(path: str, exc: OSError) -> RunmakerFailure:
+    """The error a worker or TCP server ends with when its job file raised ``exc``.
+
+    The caller has killed its running jobs and writes nothing more to the
+    file.  EIO from an NFS job file means the server dropped this host's
+    locks (its lease ran out while the host was cut off): other hosts may
+    already see its jobs lost.
+    """
+    if exc.errno == errno.EIO:
+        return RunmakerFailure(
+            f"{path}: input/output error (EIO) on the job file: its locks are gone (an NFS server "
+            "drops them when this host was silent past its lease); running jobs killed, "
+            "nothing more written"
+        )
+    return RunmakerFailure(f"{path}: {exc.strerror or exc}; running jobs killed")
 
 
 # --------------------------------------------------------------------------
@@ -630,7 +649,12 @@ class JobFile:
         self._last_command_like = 0
 
     def close(self) -> None:
-        os.close(self.fd)
+        try:
+            os.close(self.fd)
+        except OSError:
+            # NFS reports write-back errors again at close; every state
+            # byte that mattered was fsynced (and checked) before its unlock.
+            pass
 
     @contextlib.contextmanager
     def warnings_held(self) -> Iterator[list[str]]:
@@ -1030,6 +1054,7 @@ class Scheduler:
         self._last_lost_probe = 0.0
         self._blocked_by: str | None = None
         self._contended = False  # a queued job's lock was held elsewhere
+        self._abandoned = False
         self.rescan()
 
     # -- public ------------------------------------------------------------
@@ -1160,10 +1185,21 @@ class Scheduler:
 
     def close(self) -> None:
         """Make every state byte written durable and release its lock."""
+        if self._abandoned:
+            return
         try:
             self.commit()
         finally:
             self._committer.close()
+
+    def abandon(self) -> None:
+        """After the job file failed: write, fsync and release nothing more.
+
+        Its locks may be gone already (EIO from NFS); an fsync could write
+        pages back over bytes that other hosts now own.  Closing the
+        descriptor, or the process ending, lets go of whatever is left.
+        """
+        self._abandoned = True
 
     def _releaser(self, claim: Claim) -> Callable[[], None]:
         # Read here, on the event loop: the committer thread must not index
@@ -1665,6 +1701,7 @@ class WorkerOptions:
     requeue: bool = False  # a stop signal puts running jobs back (SPEC section 4, Signals)
     host: str = field(default_factory=host_name)
     job_file: str = ""  # RUNMAKER_FILE: absolute path of the job file
+    fence: float | None = None  # seconds; None: by the job file's mount (default_fence)
 
 
 class _JobProcess:
@@ -1972,6 +2009,165 @@ class _Link(Protocol):
     def broken(self) -> str | None: ...
 
 
+_FENCE_DEFAULT = 30.0  # seconds, on NFSv4 mounts
+
+
+def default_fence(fd: int, mountinfo: str | None = None, mountstats: str | None = None) -> float:
+    """The ``--fence`` a worker on the open job file ``fd`` gets by default.
+
+    30 s on an NFSv4 mount, but at most half the lease time the server told
+    the client (``lease_time`` in ``/proc/self/mountstats``), so that our
+    jobs are dead well before the server may drop our locks; 0 (off)
+    anywhere else: an NFSv3 server keeps the locks of a silent client, and
+    a local file system cannot lose them.  ``mountinfo`` and ``mountstats``
+    are the texts of those files (read from /proc when None).
+    """
+    try:
+        if mountinfo is None:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+                mountinfo = f.read()
+        st = os.fstat(fd)
+    except OSError:
+        return 0.0
+    device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    mountpoint = None
+    for entry in mountinfo.splitlines():
+        fields = entry.split()
+        if len(fields) > 7 and fields[2] == device and "-" in fields[6:]:
+            fstype = fields[fields.index("-", 6) + 1:][:1]
+            if fstype == ["nfs4"]:
+                mountpoint = fields[4]
+                break
+    if mountpoint is None:
+        return 0.0
+    try:
+        if mountstats is None:
+            with open("/proc/self/mountstats", encoding="utf-8", errors="replace") as f:
+                mountstats = f.read()
+    except OSError:
+        return _FENCE_DEFAULT
+    section = None
+    for line in mountstats.splitlines():
+        if line.startswith("device "):
+            section = f" mounted on {mountpoint} with fstype nfs4" in line
+        elif section:
+            match = re.search(r"[\t ,]lease_time=([0-9]+)", line)
+            if match and int(match.group(1)) > 0:
+                return min(_FENCE_DEFAULT, int(match.group(1)) / 2)
+    return _FENCE_DEFAULT
+
+
+class _Fence:
+    """Stops this worker's jobs when the job file stops answering (SPEC 3, Fencing).
+
+    A lock can vanish while its holder lives: an NFSv4 server drops the
+    locks of a client it has not heard from for its lease time (a network
+    partition), and another host then sees our jobs lost and may run them
+    again.  So when an operation on the job file has not completed for
+    ``seconds``, ``on_stall`` kills the running jobs.  The watch is a thread
+    of its own, as the operation that hangs (a hard NFS mount waits for its
+    server) holds the event loop with it.  ``seconds`` 0: no watch at all.
+    """
+
+    def __init__(self, seconds: float, on_stall: Callable[[float], None]) -> None:
+        self.seconds = seconds
+        self.tripped = False
+        self._on_stall = on_stall
+        self._cond = threading.Condition()
+        self._pending: dict[int, float] = {}  # operation -> when it began
+        self._count = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if seconds > 0:
+            self._thread = threading.Thread(target=self._watch, name="runmaker-fence", daemon=True)
+            self._thread.start()
+
+    @contextlib.contextmanager
+    def operation(self) -> Iterator[None]:
+        """Around every call that touches the job file."""
+        if self._thread is None:
+            yield
+            return
+        with self._cond:
+            self._count += 1
+            token = self._count
+            self._pending[token] = time.monotonic()
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                del self._pending[token]
+
+    def answered(self) -> bool:
+        """True once after a stall, as soon as no operation is stuck any more."""
+        with self._cond:
+            if self.tripped and not self._pending:
+                self.tripped = False
+                self._cond.notify()
+                return True
+            return False
+
+    def close(self) -> None:
+        if self._thread is not None:
+            with self._cond:
+                self._closed = True
+                self._cond.notify()
+            self._thread.join()
+
+    def _watch(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if not self._pending or self.tripped:
+                    self._cond.wait()
+                    continue
+                began = min(self._pending.values())
+                left = began + self.seconds - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self.tripped = True
+                self._cond.release()
+                try:
+                    self._on_stall(time.monotonic() - began)
+                finally:
+                    self._cond.acquire()
+
+
+class _FencedSource:
+    """A Scheduler whose every call is an operation the fence watches."""
+
+    def __init__(self, source: JobSource, fence: _Fence) -> None:
+        self._source = source
+        self._fence = fence
+        self.idle_reason: IdleReason | None = source.idle_reason
+
+    def claim_jobs(self, count: int, *, idle: bool = False) -> list[Claim]:
+        with self._fence.operation():
+            claims = self._source.claim_jobs(count, idle=idle)
+        self.idle_reason = self._source.idle_reason
+        return claims
+
+    def refresh(self) -> None:
+        with self._fence.operation():
+            self._source.refresh()
+
+    def finish_job(self, claim: Claim, state: str) -> None:
+        with self._fence.operation():
+            self._source.finish_job(claim, state)
+
+    def commit(self) -> None:
+        with self._fence.operation():
+            self._source.commit()
+
+    def replaced(self) -> bool:
+        with self._fence.operation():
+            return self._source.replaced()
+
+    def describe_block(self) -> str:
+        return self._source.describe_block()
+
+
 class Worker:
     """Runs jobs from a source (a Scheduler, or a TCP server), up to -j at once.
 
@@ -2022,6 +2218,9 @@ class Worker:
         env["RUNMAKER_FILE"] = options.job_file
         env["RUNMAKER_HOST"] = host
         self._env = env
+        self._fence = _Fence(options.fence or 0.0, self._fence_jobs)
+        if options.fence:
+            self.source = _FencedSource(source, self._fence)
 
     # -- the loop ----------------------------------------------------------
 
@@ -2035,7 +2234,10 @@ class Worker:
             self._poller.register(self._room_r, select.POLLIN)
             self._output.on_room = lambda: _wake(room_w)
             try:
-                self._loop(wake_r)
+                try:
+                    self._loop(wake_r)
+                finally:
+                    self._fence.close()
             except BaseException:
                 # A bug, or a file system failing under us: our job locks go
                 # with this process, so our jobs must not run on unowned
@@ -2055,6 +2257,10 @@ class Worker:
 
     def _loop(self, wake_r: int) -> None:
         while True:
+            if self._fence.answered():
+                self.notify(
+                    f"runmaker: {self.options.job_file}: the job file answers again; claiming jobs again"
+                )
             self._handle_signals()
             self._check_link()
             self._reap()
@@ -2175,6 +2381,23 @@ class Worker:
                 self.notify(f"runmaker: {name}: killing {running} running jobs")
                 self._kill_all()
 
+    def _fence_jobs(self, stalled: float) -> None:
+        """The fence (its own thread): SIGKILL every running job's process group.
+
+        The event loop is stuck in the operation that does not complete, so
+        the jobs are marked here and reaped by the loop once it answers;
+        they end 'e' (interrupted).
+        """
+        jobs = list(self._running.values())
+        for job in jobs:
+            job.interrupted = True
+            job.signal(signal.SIGKILL)
+        self.notify(
+            f"runmaker: {self.options.job_file}: no answer from the job file for {stalled:.0f} s "
+            f"(--fence {self.options.fence:g}); killed {len(jobs)} running jobs, whose locks the "
+            f"server may drop; claiming nothing until it answers"
+        )
+
     def _stop_jobs_now(self) -> None:
         """SIGKILL every running job's process group and reap it."""
         for job in self._running.values():
@@ -2216,7 +2439,10 @@ class Worker:
         env["RUNMAKER_SLOT"] = str(local_slot)
         files = None
         try:
-            files = self.records.open_job_files(claim.line, attempt == 1)
+            with self._fence.operation():  # records on the job file's server hang with it
+                files = self.records.open_job_files(claim.line, attempt == 1)
+            if self._fence.tripped:  # it fired meanwhile: this claim may be gone as well
+                raise OSError(errno.ETIMEDOUT, "the job file did not answer (--fence)")
             job = _JobProcess(
                 claim, attempt, local_slot, env=env, host=self._host, files=files,
                 tail=collections.deque(maxlen=self.options.loglines or None)
@@ -2309,9 +2535,13 @@ class Worker:
         runtime: float,
         outcome: _Outcome,
     ) -> None:
-        for problem in self.records.job_ended(
-            claim.command, tail, status, claim.line, self.options.host, started, runtime, outcome
-        ):
+        # A log on the job file's NFS server hangs with it, and the loop
+        # stuck here keeps no claim alive either: the fence watches it too.
+        with self._fence.operation():
+            problems = self.records.job_ended(
+                claim.command, tail, status, claim.line, self.options.host, started, runtime, outcome
+            )
+        for problem in problems:
             self.notify(f"runmaker: line {claim.line}: {problem}")
 
     def _finish(self, claim: Claim, state: str, local_slot: int) -> None:
@@ -3262,7 +3492,8 @@ def run_worker(
     try:
         check_file_locking(path, fd=jobfile.fd)
         check_job_file(jobfile, notify)
-        options = dataclasses.replace(options, job_file=os.path.abspath(path))
+        fence = default_fence(jobfile.fd) if options.fence is None else options.fence
+        options = dataclasses.replace(options, job_file=os.path.abspath(path), fence=fence)
         records = _Records(options, jobfile.identity)
         for fd, name, what in (
             (jobfile.fd, path, "its lines run as you"),
@@ -3279,6 +3510,9 @@ def run_worker(
                 if not worker.jobs_started and scheduler.idle_reason is IdleReason.DONE:
                     notify("runmaker: " + scheduler.describe_nothing_to_run())
                 return code
+            except OSError as exc:  # the Worker has killed its jobs
+                scheduler.abandon()
+                raise job_file_failed(path, exc) from None
             finally:
                 scheduler.close()
         finally:
@@ -3307,6 +3541,9 @@ class _TcpCommand:
         tcp = self
         if tcp.serve and tcp.connect:
             raise click.UsageError("--serve and --connect exclude each other")
+        if (tcp.serve or tcp.connect) and "fence" in given:
+            raise click.UsageError("--fence: an option of a worker on a shared job file, "
+                                   "not of --serve or --connect")
         if tcp.serve:
             wrong = given & {"jobs", "logfile", "loglines", "one_only", "logdir", "joblog",
                              "timeout", "retries", "quiet", "requeue"}
@@ -3412,6 +3649,10 @@ class OneLineErrorCommand(click.Command):
 @click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True,
               help="Run a failing job up to N more times before marking it '!'.")
 @click.option("--follow", is_flag=True, help="Do not exit when idle: wait for appended jobs.")
+@click.option("--fence", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Kill the running jobs when the job file has not answered for SECONDS, before an "
+                   "NFS server drops this host's locks; 0 = never  [default: 30 on NFSv4 mounts, at "
+                   "most half the lease time; off elsewhere]")
 @click.option("--requeue", is_flag=True,
               help="On SIGINT, SIGTERM or SIGHUP stop the running jobs at once and put each back "
                    "as it was before the claim (. or +), for a later worker: for batch time limits.")
@@ -3431,8 +3672,8 @@ class OneLineErrorCommand(click.Command):
 def main(
     file: str | None, jobs: int, retry: bool, logfile: str | None, loglines: int, one_only: bool,
     logdir: str | None, joblog: str | None, timeout: float | None, retries: int, follow: bool,
-    requeue: bool, quiet: bool, serve: bool, connect: str | None, bind: str | None, port: int,
-    token: str | None, tcp_timings: str | None,
+    fence: float | None, requeue: bool, quiet: bool, serve: bool, connect: str | None,
+    bind: str | None, port: int, token: str | None, tcp_timings: str | None,
 ) -> None:
     """Run the pending jobs of the job FILE, up to -j at a time, beside any
     number of other workers on this or other hosts sharing FILE.
@@ -3465,7 +3706,7 @@ def main(
     options = WorkerOptions(
         jobs=jobs or usable_cpus(), one_only=one_only, quiet=quiet, follow=follow,
         timeout=timeout, retries=retries, logfile=logfile, loglines=loglines, logdir=logdir,
-        joblog=joblog, requeue=requeue,
+        joblog=joblog, fence=fence, requeue=requeue,
     )
     console, notify = sys.stdout.buffer, echo_to_stderr
     if serve or connect:

@@ -53,6 +53,7 @@ from runmaker import (
     check_file_locking,
     check_job_file,
     host_name,
+    job_file_failed,
     stop_signals_waking,
     work_is_over,
 )
@@ -663,6 +664,17 @@ class _Server:
             try:
                 self._loop(wake_r)
                 self._say_goodbye(wake_r)
+            except OSError:
+                # The job file failed (EIO: the NFS server dropped our locks):
+                # the clients' jobs are no longer ours to run.  Best effort, as
+                # the caller ends at once: their connections close with it.
+                for peer in self._clients():
+                    try:
+                        peer.channel.send({"t": "stop"})
+                        peer.channel.flush()
+                    except (OSError, _PeerError):
+                        pass
+                raise
             finally:
                 for peer in self._peers.values():
                     peer.channel.close()
@@ -1623,6 +1635,9 @@ def _serve(
                     f"of {options.bind or 'every interface'}"
                 )
                 return server.run()
+            except OSError as exc:  # the server has told its clients to stop their jobs
+                scheduler.abandon()
+                raise job_file_failed(path, exc) from None
             finally:
                 scheduler.close()
         finally:

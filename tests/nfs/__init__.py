@@ -1,0 +1,1 @@
+"""runmaker on real NFS between User-mode Linux guests (see umlnfs.py)."""
