@@ -442,13 +442,14 @@ def test_a_child_runs_on_another_worker_once_its_parent_is_done_there(tmp_path, 
 
 
 def test_runset_kill_stops_a_job_running_on_another_worker(tmp_path, procs):
-    path = write_file(tmp_path / "runs.txt", [". " + long_job("one"), ". " + long_job("two")])
+    path = write_file(tmp_path / "runs.txt", [". " + long_job("one"), ". echo $$ > two.pid; " + gated_job("two")])
     worker = procs.start("runmaker", "-j2", "--retries", "2", "-l", "log", "--joblog", "joblog",
                          "runs.txt", cwd=tmp_path)
     one = two = None
     try:
         one = wait_for(lambda: read_int(tmp_path / "one.pid"), what="job 1")
         two = wait_for(lambda: read_int(tmp_path / "two.pid"), what="job 2")
+        wait_for(lambda: (tmp_path / "two.started").exists(), what="job 2")
         background = wait_for(lambda: read_int(tmp_path / "one.bg"), what="job 1's background child")
 
         result = run("runset", "--kill", "runs.txt", "1", cwd=tmp_path, timeout=30)
@@ -459,10 +460,12 @@ def test_runset_kill_stops_a_job_running_on_another_worker(tmp_path, procs):
                  what="job 1's whole process group to end")
         assert alive(two)  # the other job runs on
         holds_for(lambda: states(path) == "!r", 0.5, "the killed job not retried by --retries")
+        (tmp_path / "two.go").touch()
+        assert wait_exit(worker) == 1
     finally:
         kill_group(two)
         kill_group(one)
-    assert wait_exit(worker) == 1
+    assert states(path) == "!d"
     rows = joblog_rows(tmp_path / "joblog")
     killed_rows = [r for r in rows if r[0] == "1"]
     assert len(killed_rows) == 1  # one attempt: a kill is never retried
