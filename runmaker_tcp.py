@@ -81,12 +81,13 @@ __all__ = ["ServerOptions", "TcpTimings", "run_tcp_client", "serve_job_file"]
 # without the token is refused.  There is no encryption (see the README).
 #
 #   client: claim {n, done}   done {done}   ping   bye
-#   server: jobs {jobs}       end {block}   stop   ping   bye
+#   server: jobs {jobs}       end {block}   stop   kill {lines}   ping   bye
 #
 # ``done`` lists [line, state] of jobs the client finished; each ``claim``
 # is answered at once by one ``jobs`` with up to n [line, base64 command];
 # ``end`` says nothing is left (the same rule as a worker's), ``stop`` that
-# the server was signalled twice.  Either side pings after ``heartbeat``
+# the server was signalled twice, ``kill`` that a kill line (runset --kill)
+# names these of the client's jobs: it stops them, they end '!'.  Either side pings after ``heartbeat``
 # seconds of sending nothing and gives up a peer silent for longer than its
 # deadline; the server never waits on any one peer.
 #
@@ -522,6 +523,8 @@ class _Server:
         self._nothing_left: IdleReason | None = None  # DONE or BLOCKED, once seen
         self._block = ""
         self._next_look = 0.0
+        self._next_kill_look = 0.0
+        scheduler.on_kill = self._kill_on_client
 
     def run(self) -> int:
         with stop_signals_waking(self._on_signal) as wake_r:
@@ -543,6 +546,7 @@ class _Server:
             self._handle_signals()
             now = time.monotonic()
             wake_at = self._keep_time(now)
+            self._read_kill_lines(now)
             self._scheduler.commit()
             if self._is_over(now):
                 return
@@ -619,6 +623,18 @@ class _Server:
             else:
                 wake_at = min(wake_at, self._accept_again)
         return wake_at
+
+    def _read_kill_lines(self, now: float) -> None:
+        """While clients run jobs, read appended lines now and then: kill lines among them."""
+        if self._scheduler.held and now >= self._next_kill_look:
+            self._next_kill_look = now + _POLL
+            self._scheduler.refresh()  # calls _kill_on_client for a job a new kill line names
+
+    def _kill_on_client(self, line: int) -> None:
+        """runset --kill: tell the client running ``line`` to stop it (it ends '!')."""
+        for peer in self._clients():
+            if line in peer.claims:
+                self._send(peer, {"t": "kill", "lines": [line]})
 
     def _mark_errors(self, claims: list[Claim]) -> None:
         for claim in claims:
@@ -895,8 +911,8 @@ class _Server:
         """Tell every client to end, and give the words a moment to reach them."""
         if self._accept_again is None:
             self._poller.unregister(self._listener.fileno())
-        if self._block:
-            self._notify("runmaker: " + self._block)
+        for cause in self._block.splitlines():
+            self._notify("runmaker: " + cause)
         clients = self._clients()
         why = "signalled" if self._signals_seen else (
             "the job file was replaced" if self._replaced else "nothing left to run"
@@ -941,6 +957,9 @@ class _RemoteSource:
         self.unrecorded: list[int] = []  # lines done here the server may not know of
         self._stop = False
         self._block = ""
+        # Stops a running job on the server's word (runset --kill): the
+        # client sets it to its Worker's kill_job.
+        self.on_kill: Callable[[int], object] | None = None
         self._done: list[list[object]] = []  # final states not sent yet
         self._unconfirmed: list[list[object]] = []  # sent, not yet answered
         self._held: set[int] = set()
@@ -1082,6 +1101,13 @@ class _RemoteSource:
                 self._block = block if isinstance(block, str) else ""
             elif kind == "stop":
                 self._stop = True
+            elif kind == "kill":
+                lines = message.get("lines")
+                if not isinstance(lines, list) or not all(isinstance(line, int) for line in lines):
+                    raise _PeerError("sent a malformed kill")
+                for line in lines:
+                    if line in self._held and self.on_kill is not None:
+                        self.on_kill(line)
             elif kind != "ping":
                 raise _PeerError("sent an unexpected message")
         return answer
@@ -1285,6 +1311,7 @@ class _TcpClient:
         try:
             worker = Worker(remote, options, self.records, console=self.console,
                             notify=self.notify, link=remote)
+            remote.on_kill = worker.kill_job
             code = worker.run()
         finally:
             remote.close()

@@ -57,14 +57,17 @@ def _check_combination(
     showing: list[str],
     high: bool,
     adding: bool,
+    killing: bool,
 ) -> None:
     """Refuse mixed kinds of work with a usage error (exit 2).
 
     Appending (--add, --max-running, --barrier) takes no selection and no
-    other action; --set lists nothing; --high needs --add.
+    other action; --set and --kill list nothing; --high needs --add.
     """
     if high and not adding:
         raise click.UsageError("--high goes with --add (it makes the new jobs '+')")
+    if killing and (setting or showing or appending):
+        raise click.UsageError("--kill takes a selection of jobs and no other action")
     if appending and (setting or showing or not selection.is_empty()):
         raise click.UsageError(
             "--add, --max-running and --barrier only append: they take no JOB, "
@@ -95,16 +98,22 @@ def _check_combination(
               help="Append '#runmaker max-running N': at most N jobs at once (0 pauses, 'none' lifts it).")
 @click.option("--barrier", is_flag=True,
               help="Append '#runmaker barrier': jobs below start once all above are d or -.")
+@click.option("--kill", is_flag=True,
+              help="Stop the selected running jobs wherever they run (they end '!'); wait for them.")
 def main(
     file: str, jobs: tuple[str, ...], all_jobs: bool, state: str | None, grep: str | None,
     list_jobs: bool, as_json: bool, summary: bool, set_state: str | None,
     add: tuple[str, ...], high: bool, max_running: int | Literal["none"] | None, barrier: bool,
+    kill: bool,
 ) -> None:
     """List, select and change the jobs of the job FILE while workers run.
 
     JOB is a line number or a range A-B; selections combine with AND, and
-    with none at all every job is listed.  Exit status: 0 done, 1 a running
-    job refused --set, 2 usage or input error.
+    with none at all every job is listed.  A command added with leading
+    spaces is a child of the nearest less-indented job above it: it runs
+    once that job is done.  --add prints the line of each job it appends.
+    Exit status: 0 done, 1 a running job refused --set or a job --kill did
+    not kill, 2 usage or input error.
 
     \b
     Examples:
@@ -112,6 +121,9 @@ def main(
         runset --state '!e' --set . runs.txt     rerun failed jobs
         runset --all --set=. runs.txt            rerun everything
         runset --add - runs.txt < more.txt       append jobs from a file
+        line=$(runset --add 'make report' runs.txt)
+        runset --add '  make upload' runs.txt    a child of the job above
+        runset --kill runs.txt 12                stop job 12 wherever it runs
         runset --max-running 0 runs.txt          pause (none: go on)
     """
     selection = runmaker.JobSelection(jobs=jobs, all_jobs=all_jobs, states=state, grep=grep)
@@ -119,9 +131,19 @@ def main(
     flags = (("--list", list_jobs), ("--json", as_json), ("--summary", summary))
     showing = [name for name, on in flags if on]
     _check_combination(selection, appending=appending, setting=set_state is not None,
-                       showing=showing, high=high, adding=bool(add))
+                       showing=showing, high=high, adding=bool(add), killing=kill)
     if appending:
-        runmaker.append_jobs(file, _commands(add), high=high, max_running=max_running, barrier=barrier)
+        added = runmaker.append_jobs(file, _commands(add), high=high, max_running=max_running,
+                                     barrier=barrier)
+        click.echo("".join(f"{line}\n" for line in added), nl=False)
+    elif kill:
+        report = runmaker.kill_jobs(file, selection, warn=runmaker.echo_to_stderr)
+        for line in report.not_running:
+            click.echo(f"runset: {file}:{line}: not running; not killed", err=True)
+        click.echo("".join(f"{line}: killed\n" for line in report.killed), nl=False)
+        for line, why in report.other:
+            click.echo(f"runset: {file}:{line}: {why}", err=True)
+        sys.exit(1 if report.not_running or report.other else 0)
     elif set_state is not None:
         refused = runmaker.set_job_states(file, selection, set_state, warn=runmaker.echo_to_stderr)
         for line in refused:
