@@ -2449,42 +2449,47 @@ def kill_jobs(
     are named in the report.  Waits up to ``wait`` seconds for the jobs
     named to end (a job that ignores SIGTERM gets SIGKILL after 5 s).
 
-    Raises RunmakerError when nothing is selected, or for a bad selection.
+    Raises RunmakerError when nothing is selected, or for a bad selection,
+    and RunmakerFailure when the file system fails under it.
     """
     if selection.is_empty():
         raise RunmakerError(
             f"{path}: --kill needs a selection: JOB numbers or ranges, --all, --state or --grep"
         )
-    wanted, pattern = _compile_selection(path, selection)
-    jobfile = JobFile(path, writable=True, warn=warn)
-    report = KillReport()
-    try:
-        check_file_locking(path, fd=jobfile.fd)
-        _, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
-        lost = _probe_running_jobs(jobfile, states, chosen)
-        live = [index for index in chosen if states[index] == _RUNNING and index not in lost]
-        running = set(live)
-        report.not_running = [jobfile.lines[index] for index in chosen if index not in running]
-        if not live:
+    with _failing_as_runtime_error(path):
+        wanted, pattern = _compile_selection(path, selection)
+        jobfile = JobFile(path, writable=True, warn=warn)
+        try:
+            check_file_locking(path, fd=jobfile.fd)
+            _, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
+            lost = _probe_running_jobs(jobfile, states, chosen)
+            live = [index for index in chosen if states[index] == _RUNNING and index not in lost]
+            running = set(live)
+            report = KillReport(not_running=[jobfile.lines[i] for i in chosen if i not in running])
+            if live:
+                lines = " ".join(str(jobfile.lines[index]) for index in live)
+                append_to_shared_file(jobfile.fd, f"#runmaker kill {lines}\n".encode())
+                _wait_for_kills(jobfile, live, report, wait)
             return report
-        lines = " ".join(str(jobfile.lines[index]) for index in live)
-        append_to_shared_file(jobfile.fd, f"#runmaker kill {lines}\n".encode())
-        deadline = time.monotonic() + wait
-        while True:
-            live = _jobs_still_running(jobfile, live, report)
-            if not live:
-                break
-            if time.monotonic() >= deadline:
-                report.other += [
-                    (jobfile.lines[index], f"still running {wait:g} s after the kill") for index in live
-                ]
-                break
-            time.sleep(_KILL_POLL)
-        report.killed.sort()
-        report.other.sort()
-        return report
-    finally:
-        jobfile.close()
+        finally:
+            jobfile.close()
+
+
+def _wait_for_kills(jobfile: JobFile, live: list[int], report: KillReport, wait: float) -> None:
+    """Wait until the jobs a kill line named have ended, at most ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        live = _jobs_still_running(jobfile, live, report)
+        if not live:
+            break
+        if time.monotonic() >= deadline:
+            report.other += [
+                (jobfile.lines[index], f"still running {wait:g} s after the kill") for index in live
+            ]
+            break
+        time.sleep(_KILL_POLL)
+    report.killed.sort()
+    report.other.sort()
 
 
 def _jobs_still_running(jobfile: JobFile, live: list[int], report: KillReport) -> list[int]:
