@@ -79,6 +79,16 @@ def _check_combination(
         raise click.UsageError("choose one of --list and --summary")
 
 
+def _show_kills(file: str, report: runmaker.KillReport) -> int:
+    """Print what --kill did (``LINE: killed`` on stdout, the rest on stderr); the exit status."""
+    for line in report.not_running:
+        click.echo(f"runset: {file}:{line}: not running; not killed", err=True)
+    click.echo("".join(f"{line}: killed\n" for line in report.killed), nl=False)
+    for line, why in report.other:
+        click.echo(f"runset: {file}:{line}: {why}", err=True)
+    return 1 if report.not_running or report.other else 0
+
+
 @click.command(cls=runmaker.OneLineErrorCommand, context_settings=runmaker.CLICK_CONTEXT)
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("jobs", nargs=-1, metavar="[JOB]...")
@@ -137,13 +147,7 @@ def main(
                                      barrier=barrier)
         click.echo("".join(f"{line}\n" for line in added), nl=False)
     elif kill:
-        report = runmaker.kill_jobs(file, selection, warn=runmaker.echo_to_stderr)
-        for line in report.not_running:
-            click.echo(f"runset: {file}:{line}: not running; not killed", err=True)
-        click.echo("".join(f"{line}: killed\n" for line in report.killed), nl=False)
-        for line, why in report.other:
-            click.echo(f"runset: {file}:{line}: {why}", err=True)
-        sys.exit(1 if report.not_running or report.other else 0)
+        sys.exit(_show_kills(file, runmaker.kill_jobs(file, selection, warn=runmaker.echo_to_stderr)))
     elif set_state is not None:
         refused = runmaker.set_job_states(file, selection, set_state, warn=runmaker.echo_to_stderr)
         for line in refused:
