@@ -481,7 +481,14 @@ class JobFile:
         # The outline (see _place_in_outline): each job's parent index, -1
         # for none; None until a job is indented, so a flat file pays nothing.
         self.parents: array.array[int] | None = None
+        # Each job's first child and next sibling (-1: none), for children_of.
+        self._first_child = array.array("i")
+        self._next_sibling = array.array("i")
         self._outline: list[tuple[int, int]] = []  # (indent, index): where a new job may hang
+        # The link the last job placed made (array, index), and the one an
+        # unterminated last line made, to undo when it is indexed again.
+        self._last_link: tuple[array.array[int], int] | None = None
+        self._tail_link: tuple[array.array[int], int] | None = None
         # The offset of each kill line (as ``kills``): it acts on the runs
         # claimed before it was appended, which saw the file shorter.
         self.kill_offsets: list[int] = []
@@ -586,10 +593,12 @@ class JobFile:
             # A line still being written: a job as usual, but a piece of a
             # kill directive must not kill anything.
             self._in_tail = True
+            self._last_link = None
             try:
                 self._index_lines(last + b"\n", pos)
             finally:
                 self._in_tail = False
+            self._tail_link = self._last_link
         self.size = pos + len(last)
         return first_new
 
@@ -640,8 +649,9 @@ class JobFile:
     # pass keeps a stack of the jobs a new job may hang under, their indents
     # rising: pop those indented as deep or deeper, and the top is the
     # parent.  Each job is pushed and popped once, so indexing stays linear.
-    # A job's descendants are the jobs right after it whose parents lie at
-    # or after it, so children_of stops at the first job past its subtree.
+    # Each job also links to its first child and its next sibling (the entry
+    # popped last sat right above the parent: it is the previous child), so
+    # children_of costs the children only, however deep the subtree.
 
     def parent_of(self, index: int) -> int:
         """The index of job ``index``'s parent, or -1 if it has none."""
@@ -649,15 +659,12 @@ class JobFile:
 
     def children_of(self, index: int) -> Iterator[int]:
         """The indexes of job ``index``'s children, in file order."""
-        parents = self.parents
-        if parents is None:
+        if self.parents is None:
             return
-        for child in range(index + 1, len(parents)):
-            parent = parents[child]
-            if parent < index:
-                return  # past its subtree: an ancestor's child, or a new tree
-            if parent == index:
-                yield child
+        child = self._first_child[index]
+        while child >= 0:
+            yield child
+            child = self._next_sibling[child]
 
     def _place_in_outline(self, command: bytes, line: int) -> None:
         index = len(self.offsets) - 1
@@ -665,11 +672,21 @@ class JobFile:
         if self.parents is None:
             # The first indented job: every job before it has indent 0.
             self.parents = array.array("i", [-1]) * index
+            self._first_child = array.array("i", [-1]) * index
+            self._next_sibling = array.array("i", [-1]) * index
             self._outline = [(0, index - 1)] if index else []
         outline = self._outline
+        previous = -1  # the parent's latest child, if any: the entry popped last
         while outline and outline[-1][0] >= indent:
-            outline.pop()
-        self.parents.append(outline[-1][1] if outline else -1)
+            previous = outline.pop()[1]
+        parent = outline[-1][1] if outline else -1
+        self.parents.append(parent)
+        self._first_child.append(-1)
+        self._next_sibling.append(-1)
+        if parent >= 0:
+            link = (self._next_sibling, previous) if previous >= 0 else (self._first_child, parent)
+            link[0][link[1]] = index
+            self._last_link = link
         outline.append((indent, index))
         if b"\t" in command[:indent]:
             self._warn_once(line, f"Warning: {self.path}:{line}: tabs in the indent count as one space each")
@@ -678,11 +695,15 @@ class JobFile:
         return None if self.parents is None else list(self._outline)
 
     def _undo_outline(self, outline: _OutlineMark, jobs: int) -> None:
+        if self._tail_link is not None:
+            links, at = self._tail_link
+            links[at] = -1
+            self._tail_link = None
         if outline is None:
             self.parents = None
             self._outline = []
         elif self.parents is not None:
-            del self.parents[jobs:]
+            del self.parents[jobs:], self._first_child[jobs:], self._next_sibling[jobs:]
             self._outline = outline
 
     def _place_kill(self, kills: int, pos: int) -> None:

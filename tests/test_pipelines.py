@@ -168,6 +168,17 @@ def test_a_tree_runs_children_after_their_parents_and_siblings_at_once(tmp_path)
         assert done[one][0] < done[other][1] and done[other][0] < done[one][1], (one, other, done)
 
 
+def test_a_deep_chain_runs_one_step_after_another(tmp_path):
+    # Each step indented one more than the step above: a chain of 200.
+    steps = [". " + " " * k + "echo $RUNMAKER_LINE >> ran" for k in range(200)]
+    path = write_file(tmp_path / "runs.txt", steps)
+    result = run("runmaker", "-q", "-j4", "runs.txt", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert states(path) == "d" * 200
+    assert ran(tmp_path) == [str(n) for n in range(1, 201)]
+    assert parents(path) == [None] + list(range(1, 200))
+
+
 def test_an_urgent_child_waits_for_its_parent_then_goes_first(tmp_path):
     record = "echo $RUNMAKER_LINE >> ran"
     path = write_file(tmp_path / "runs.txt", [f". {record}", f"+   {record}", f". {record}", f". {record}"])
@@ -330,7 +341,7 @@ def test_tabs_in_an_indent_count_as_spaces_with_one_warning_per_line(tmp_path):
     path.write_bytes(path.read_bytes().replace(b"echo ", b"echo $RUNMAKER_LINE >> ran; echo "))
     result = run("runmaker", "-q", "-j1", "runs.txt", cwd=tmp_path)
     assert result.returncode == 0
-    assert [line for line in result.stderr.decode().splitlines()] == [
+    assert result.stderr.decode().splitlines() == [
         f"Warning: runs.txt:{n}: tabs in the indent count as one space each" for n in (2, 4, 5)
     ]
     assert ran(tmp_path) == ["1", "2", "3", "4", "5"]
@@ -442,7 +453,8 @@ def test_a_child_runs_on_another_worker_once_its_parent_is_done_there(tmp_path, 
 
 
 def test_runset_kill_stops_a_job_running_on_another_worker(tmp_path, procs):
-    path = write_file(tmp_path / "runs.txt", [". " + long_job("one"), ". echo $$ > two.pid; " + gated_job("two")])
+    path = write_file(tmp_path / "runs.txt", [". " + long_job("one"),
+                                              ". echo $$ > two.pid; " + gated_job("two")])
     worker = procs.start("runmaker", "-j2", "--retries", "2", "-l", "log", "--joblog", "joblog",
                          "runs.txt", cwd=tmp_path)
     one = two = None
@@ -640,7 +652,8 @@ def test_runwait_ends_when_only_failures_hold_the_pending_jobs(tmp_path, procs):
 
     # Without -e it ends the same way, exit 0; a failure above a barrier too.
     result = run("runwait", "runs.txt", cwd=tmp_path, timeout=20)
-    assert (result.returncode, result.stdout) == (0, b"runs.txt: failed (!): 1\nruns.txt: blocked by 1: 2-3\n")
+    named = b"runs.txt: failed (!): 1\nruns.txt: blocked by 1: 2-3\n"
+    assert (result.returncode, result.stdout) == (0, named)
     write_file(path, ["e false", "#runmaker barrier", ". echo below", ".   echo child"])
     result = run("runwait", "-e", "runs.txt", cwd=tmp_path, timeout=20)
     assert (result.returncode, result.stdout) == (1, b"runs.txt: error (e): 1\nruns.txt: blocked by 1: 3-4\n")
