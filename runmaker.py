@@ -27,11 +27,11 @@ import dataclasses
 import enum
 import errno
 import fcntl
-import heapq
 import itertools
 import json
 import operator
 import os
+import random
 import re
 import select
 import signal
@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 import click
 
@@ -119,10 +119,18 @@ _NORMAL_QUEUE_RETRY = re.compile(rb"[.!e]")
 
 _MAX_WARNINGS = 20  # mistaken lines named one by one, then one summary line
 _MAX_LINE = 1 << 20  # a longer output line is cut into pieces of this size
+_CONSOLE_BEHIND = 1 << 18  # console bytes not yet written before the jobs' pipes wait
 _READ_CHUNK = 1 << 16
-_INDEX_CHUNK = 1 << 20  # bytes of the job file split into lines at once
+_INDEX_CHUNK = 1 << 18  # bytes of the job file split into lines at once (its lines cost ~5x)
 _REFRESH_GAP = 0.1  # seconds between looks for appended lines while busy
 _POLL = 0.5  # seconds between looks while waiting for a cap, barrier or work
+# A worker's rescans of the unfinished part of the file: at most these many
+# bytes a second (on NFS, 200 workers' rescans are one server's load).
+_RESCAN_RATE = 256 << 10
+_PEEK_EXTRA = 16  # jobs read beyond 2 per wanted one at the queue heads
+_PEEK_BYTES = 16 << 10  # at most this much of the file read at each queue head
+_LOST_PROBE_GAP = 5.0  # seconds between probes for lost jobs, but at a whole rescan
+_SPREAD = 32  # after losing a job to another worker, try one of the next this many
 _KILL_GRACE = 5.0  # seconds from SIGTERM to SIGKILL
 # Set in the jobs of Slurm, PBS/Torque and LSF: their time limit ends in SIGKILL.
 _BATCH_JOB_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")
@@ -349,6 +357,21 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
+def _gather(data: bytes, base: int, offsets: Iterable[int]) -> bytes:
+    """The bytes of ``data`` (read at file offset ``base``) at these file offsets.
+
+    Two C-level maps: no list or tuple of a million ints is ever built.
+    """
+    if base:
+        offsets = map(operator.sub, offsets, itertools.repeat(base))
+    return bytes(map(data.__getitem__, offsets))
+
+
+def _spread_pick(length: int) -> int:
+    """A position among the first _SPREAD of ``length`` queued jobs, at random."""
+    return random.randrange(min(length, _SPREAD))
+
+
 def _shown(command: bytes | bytearray) -> str:
     """A command as the user reads it: undecodable bytes replaced."""
     return command.decode("utf-8", "replace")
@@ -537,12 +560,12 @@ class JobFile:
     """One open job file: its single descriptor and the index of its lines.
 
     The index keeps, per job, the offset of its state byte, the end of its
-    command and its line number, in compact arrays (24 bytes a job; with
-    the cached getter of all state bytes, about 60).  A worker on a file of
-    a million jobs measured 85 MB above an idle one, the file's own bytes
-    included while it rereads them.  Lines appended later are indexed
-    incrementally; finding work never rereads the whole file unless asked
-    to (``read(whole=True)``).
+    command and its line number, in compact arrays (12 bytes a job below
+    4 GiB, 20 above), and is built from the file a piece at a time
+    (read_new_states), never holding its bytes whole: a worker on a file of
+    a million finished lines peaks at 35 MB, about 15 above an idle one.
+    Lines appended later are indexed incrementally; finding work never
+    rereads the whole file unless asked to (``read(whole=True)``).
 
     A process that holds job locks keeps exactly one descriptor of the file:
     closing any descriptor of it would drop every POSIX lock the process
@@ -556,9 +579,10 @@ class JobFile:
         self.fd = _open_job_file(path, writable)
         st = os.fstat(self.fd)
         self.identity = (st.st_dev, st.st_ino)
-        self.offsets = array.array("q")  # offset of each job's state byte
-        self.ends = array.array("q")  # offset just past each job's command
-        self.lines = array.array("q")  # 1-based line number of each job
+        # Offsets take 4 bytes each while the file is below 4 GiB, then 8 (_widen_for).
+        self.offsets = array.array("I")  # offset of each job's state byte
+        self.ends = array.array("I")  # offset just past each job's command
+        self.lines = array.array("i")  # 1-based line number of each job (4 bytes: 2**31 lines)
         self.barriers: list[int] = []  # index of the first job below each barrier
         self.barrier_lines: list[int] = []
         self.max_running: int | None = None
@@ -589,8 +613,8 @@ class JobFile:
         self._in_tail = False
         self._warn = warn
         self._warned: set[int] = set()
-        # itemgetter of every state byte's offset: a tuple of ints, or one int for one job.
-        self._getter: tuple[int, Callable[[bytes], Any]] | None = None
+        # Line ranges of ``#runmaker set`` notices not yet taken (take_set_notices).
+        self._set_notices: list[tuple[int, int]] = []
 
     def close(self) -> None:
         os.close(self.fd)
@@ -620,18 +644,81 @@ class JobFile:
             return data, start, self._index_from(new, resume)
         return data, start, len(self.offsets)
 
+    def read_new_states(self) -> tuple[int, bytes]:
+        """Index lines appended since the last read, a piece at a time.
+
+        Returns ``(first_new, states)``: the index of the first job
+        (re)indexed and the state bytes of the jobs from it on.  The file's
+        bytes are never held whole (a file of millions of lines costs its
+        index, not its size): each piece of up to _INDEX_CHUNK bytes is read
+        under the reading lock, indexed and dropped.  Only the bytes below
+        the size seen at the first lock are read.
+        """
+        resume = self._resume_offset()
+        with _ReadingLock(self.fd):
+            size = os.fstat(self.fd).st_size
+            data = os.pread(self.fd, min(max(size - resume, 0), _INDEX_CHUNK), resume)
+        if size < self.size:
+            self.shrunk = True
+            return len(self.offsets), b""
+        if size == self.size and not self._tail:
+            return len(self.offsets), b""
+        first_new = -1
+        parts = []
+        pos = resume
+        while True:
+            final = pos + len(data) >= size or not data
+            if not final:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:  # one line longer than a piece: read on to its end
+                    with _ReadingLock(self.fd):
+                        data += os.pread(self.fd, min(size - pos - len(data), _INDEX_CHUNK), pos + len(data))
+                    continue
+                data = data[:cut]
+            first = self._index_from(data, pos)
+            first_new = first if first_new < 0 else first_new
+            parts.append(self.states_of(data, pos, first))
+            pos += len(data)
+            if final:
+                return first_new, b"".join(parts)
+            with _ReadingLock(self.fd):
+                data = os.pread(self.fd, min(size - pos, _INDEX_CHUNK), pos)
+
     def states_of(self, data: bytes, base: int = 0, first: int = 0) -> bytes:
         """The state bytes of jobs ``first..`` found in ``data`` (read at ``base``)."""
-        count = len(self.offsets) - first
-        if count <= 0:
-            return b""
-        if base == 0 and first == 0:
-            # One C call for every state byte: cached per job count.
-            if self._getter is None or self._getter[0] != count:
-                self._getter = (count, operator.itemgetter(*self.offsets))
-            got = self._getter[1](data)
-            return bytes(got) if count > 1 else bytes((got,))
-        return bytes(data[self.offsets[i] - base] for i in range(first, len(self.offsets)))
+        return _gather(data, base, memoryview(self.offsets)[first:])
+
+    def states_between(self, first: int, last: int) -> bytes:
+        """Read the state bytes of jobs ``first..last-1`` from the file now.
+
+        Reads only the stretch of the file from the first one's state byte
+        to the last one's, a piece at a time (never the bytes before or
+        after it), under the reading lock.
+        """
+        parts = []
+        with _ReadingLock(self.fd):
+            while first < last:
+                start = self.offsets[first]
+                # The jobs whose state bytes lie in the next piece.
+                stop = bisect.bisect_right(self.offsets, start + _INDEX_CHUNK, first + 1, last)
+                data = os.pread(self.fd, self.offsets[stop - 1] + 1 - start, start)
+                parts.append(self._gathered(data, start, first, stop))
+                first = stop
+        return b"".join(parts)
+
+    def _gathered(self, data: bytes, base: int, first: int, stop: int) -> bytes:
+        """The state bytes of jobs ``first..stop-1`` in ``data``; a cut file reads as ``d``."""
+        if len(data) < self.offsets[stop - 1] + 1 - base:
+            data += b"d" * (self.offsets[stop - 1] + 1 - base - len(data))
+        return _gather(data, base, memoryview(self.offsets)[first:stop])
+
+    def take_set_notices(self) -> list[tuple[int, int]]:
+        """The line ranges named by ``#runmaker set`` lines indexed since the last call.
+
+        ``(1, 0)`` stands for a notice without lines: every line may have changed.
+        """
+        notices, self._set_notices = self._set_notices, []
+        return notices
 
     def command(self, index: int) -> bytes:
         """The command of job ``index``, read from the file (it never changes)."""
@@ -662,7 +749,14 @@ class JobFile:
     def _resume_offset(self) -> int:
         return self._tail[0] if self._tail else self.size
 
+    def _widen_for(self, end: int) -> None:
+        """Make the offset arrays hold offsets up to ``end`` (8 bytes each from 4 GiB on)."""
+        if end >= 1 << 32 and self.offsets.typecode != "q":
+            self.offsets = array.array("q", self.offsets)
+            self.ends = array.array("q", self.ends)
+
     def _index_from(self, data: bytes, base: int) -> int:
+        self._widen_for(base + len(data))
         if self._tail is not None:
             _, jobs, barriers, lines, max_running, outline = self._tail
             del self.offsets[jobs:], self.ends[jobs:], self.lines[jobs:]
@@ -820,10 +914,26 @@ class JobFile:
                 self.max_running_peak = max(self.max_running_peak, self.max_running)
             else:
                 self._warn_line(line, "max-running takes a whole number or 'none'")
+        elif words[:1] == [b"set"]:
+            self._set_notice(words[1:], line)
         elif words[:1] == [b"kill"] and len(words) > 1 and all(w.isdigit() for w in words[1:]):
             self.kills.append(tuple(int(w) for w in words[1:]))
         else:
-            self._warn_line(line, "unknown #runmaker directive (known: max-running N|none, barrier)")
+            self._warn_line(
+                line, "unknown #runmaker directive (known: max-running N|none, barrier, set, kill)"
+            )
+
+    def _set_notice(self, specs: list[bytes], line: int) -> None:
+        """``#runmaker set [LINE|A-B]...``: state bytes of these lines changed in place."""
+        ranges = []
+        for spec in specs:
+            match = _JOB_SPEC.match(spec.decode("ascii", "replace"))
+            if match is None:
+                self._warn_line(line, "set takes line numbers and ranges A-B")
+                ranges = [(1, 0)]  # reread everything rather than miss a change
+                break
+            ranges.append((int(match[1]), int(match[2] or match[1])))
+        self._set_notices.extend(ranges or [(1, 0)])
 
     def _warn_line(self, line: int, why: str) -> None:
         self._warn_once(line, f"Warning: {self.path}:{line}: {why}; ignored")
@@ -1047,9 +1157,9 @@ class Scheduler:
         self.attempted: set[int] = set()
         # Why the last claim_jobs call claimed fewer jobs than asked, or None.
         self.idle_reason: IdleReason | None = None
-        # Heaps of job indexes (file order) that may start as far as their
-        # parents go.  A child joins when its parent ends (_release_children),
-        # so subtrees that wait are never walked.
+        # Job indexes in file order that may start as far as their parents
+        # go.  A child joins (bisect.insort) when its parent ends
+        # (_release_children), so subtrees that wait are never walked.
         self._high: list[int] = []
         self._normal: list[int] = []
         # Called with the line of a held job that a new kill line names
@@ -1067,26 +1177,52 @@ class Scheduler:
         self._acted_since_rescan = False
         self._last_rescan = 0.0
         self._rescan_cost = 0.0
+        self._last_lost_probe = 0.0
         self._blocked_by: str | None = None
         self._contended = False  # a queued job's lock was held elsewhere
         self.rescan()
 
     # -- public ------------------------------------------------------------
 
-    def rescan(self) -> None:
-        """Reread every state byte; mark lost jobs ``e``; rebuild the queues."""
+    def rescan(self, *, whole: bool = True, probe: bool = False) -> None:
+        """Reread state bytes; mark lost jobs ``e``; rebuild the queues.
+
+        ``whole``: every state byte of the file.  Otherwise only from the
+        finished prefix on (every job above it is ``d`` or ``-``, which only
+        ``runset --set`` changes, and it says so with a ``#runmaker set``
+        notice that _refresh follows), after reading what was appended.
+        Running jobs are probed for lost ones at a whole rescan, with
+        ``probe``, and otherwise every _LOST_PROBE_GAP seconds.
+        """
         started = time.monotonic()
-        data, _, _ = self.jobfile.read(whole=True)
-        if self.jobfile.shrunk:
-            return  # our offsets point past its end now: claim nothing (see _why_idle)
-        states = bytearray(self.jobfile.states_of(data))
+        if whole:
+            first_new, new_states = self.jobfile.read_new_states()
+            if self.jobfile.shrunk:
+                return  # our offsets point past its end now: claim nothing (see _why_idle)
+            states = bytearray(self.jobfile.states_between(0, first_new))
+            states += new_states
+            del new_states
+            self.jobfile.take_set_notices()  # every byte was just read
+            first = 0
+        else:
+            self._refresh()
+            if self.jobfile.shrunk:
+                return
+            first = self._done_prefix
+            states = self.states
+            states[first:] = self.jobfile.states_between(first, len(self.jobfile.offsets))
         for index in self.held:
             states[index] = _RUNNING
         self.states = states
         self._take_kill_lines()
-        self._mark_lost_jobs()
+        if whole or probe or started - self._last_lost_probe >= _LOST_PROBE_GAP:
+            # Each probe of a job running elsewhere is a failed lock round
+            # trip (on NFS, to the server): not at every rescan.
+            self._mark_lost_jobs(first)
+            self._last_lost_probe = started
         self._rebuild_queues(0)
-        self._done_prefix = 0
+        if whole:
+            self._done_prefix = 0
         self._advance_done_prefix()
         now = time.monotonic()
         self._last_rescan = self._last_refresh = now
@@ -1096,9 +1232,13 @@ class Scheduler:
     def claim_jobs(self, count: int, *, idle: bool = False) -> list[Claim]:
         """Claim up to ``count`` jobs: lock, reread, write ``r`` (no fsync yet).
 
-        Appended lines are read every 0.1 s; the whole file (for states
-        changed in place, such as ``runset --set``) is reread when half a
-        second has passed (more for a huge file: at most ~5% of the time).
+        Appended lines (and ``#runmaker set`` notices of states changed in
+        place) are read every 0.1 s; the state bytes below the finished
+        prefix (for jobs lost, or changed by hand) are reread when half a
+        second has passed, and no more often than _RESCAN_RATE bytes a
+        second and ~5% of the time allow.  Before locking, the state bytes
+        around the head of the queues are read once (_peek_queue_heads), so
+        jobs others took are skipped without a lock attempt each.
         ``idle`` says the caller runs nothing: then a rescan after our own
         last claim or finish is worth its cost before saying there is nothing
         left.  Sets ``idle_reason``.
@@ -1106,15 +1246,19 @@ class Scheduler:
         now = time.monotonic()
         fresh = False
         if now - self._last_rescan >= self._rescan_gap():
-            self.rescan()
+            # A worker that just ran out of work probes for lost jobs before it may end.
+            self.rescan(whole=False, probe=idle and self._acted_since_rescan)
             fresh = True
-        elif now - self._last_refresh >= _REFRESH_GAP:
+        elif now - self._last_refresh >= _REFRESH_GAP / 2:
+            # Half the gap: a caller that looks every _REFRESH_GAP reads at each look.
             self._refresh()
+        if count and not fresh:
+            self._peek_queue_heads(count)
         if self.jobfile.max_running is not None:
             self._adopt_slots()
         claims = self._claim_from_queues(count)
         if len(claims) < count and not fresh and idle and self._acted_since_rescan:
-            self.rescan()
+            self.rescan(whole=False, probe=True)
             fresh = True
             claims += self._claim_from_queues(count - len(claims))
         elif not self._acted_since_rescan:
@@ -1199,9 +1343,9 @@ class Scheduler:
         jobs that failures hold back (failed parents, barriers) are, else None.
 
         The end rule of a worker, for a TCP server with no client asking.
-        Rereads the whole file first.
+        Rereads the file below the finished prefix first.
         """
-        self.rescan()
+        self.rescan(whole=False)
         if self.jobfile.shrunk:
             return None  # the caller's replaced() check says so
         if any(
@@ -1222,14 +1366,65 @@ class Scheduler:
 
     def _refresh(self) -> None:
         before = len(self.states)
-        data, base, first_new = self.jobfile.read()
+        first_new, new_states = self.jobfile.read_new_states()
         self._last_refresh = time.monotonic()
         self._take_kill_lines()
-        if first_new >= len(self.jobfile.offsets) and first_new >= before:
+        if first_new < len(self.jobfile.offsets) or first_new < before:
+            del self.states[first_new:]
+            self.states += new_states
+            self._rebuild_queues(first_new)
+        self._follow_set_notices()
+
+    def _follow_set_notices(self) -> None:
+        """Reread the state bytes that ``#runmaker set`` notices name.
+
+        ``runset --set`` appends one after it changed state bytes in place
+        (written, fsynced and unlocked first), so following the appended
+        lines is enough to see every such change, however large the file.
+        """
+        notices = self.jobfile.take_set_notices()
+        if not notices or self.jobfile.shrunk:
             return
-        del self.states[first_new:]
-        self.states += self.jobfile.states_of(data, base, first_new)
-        self._rebuild_queues(first_new)
+        if (1, 0) in notices:
+            self.rescan()  # a notice without lines: anything may have changed
+            return
+        lines, changed = self.jobfile.lines, len(self.states)
+        for first_line, last_line in notices:
+            first = bisect.bisect_left(lines, first_line)
+            last = min(bisect.bisect_right(lines, last_line), len(self.states))
+            if first >= last:
+                continue
+            fresh = self.jobfile.states_between(first, last)
+            for index in range(first, last):
+                if index in self.held or index in self._releasing:
+                    continue  # ours: nobody else writes it
+                if self.states[index] != fresh[index - first]:
+                    self.states[index] = fresh[index - first]
+                    changed = min(changed, index)
+        if changed < len(self.states):
+            self._rebuild_queues(0)
+            self._done_prefix = min(self._done_prefix, changed)
+            self._advance_done_prefix()
+
+    def _peek_queue_heads(self, count: int) -> None:
+        """Read the state bytes around the head of each queue, in one read each.
+
+        Jobs other workers took (or finished) since our last look are then
+        skipped without a lock attempt each: on NFS every attempt is a round
+        trip to the server, and with many workers most would fail.  The
+        read takes the reading lock, which on NFS is what makes it fresh.
+        """
+        for queue in (self._high, self._normal):
+            if not queue:
+                continue
+            first = queue[0]
+            last = queue[min(len(queue) - 1, 2 * count + _PEEK_EXTRA)] + 1
+            last = min(last, bisect.bisect_right(self.jobfile.offsets,
+                                                 self.jobfile.offsets[first] + _PEEK_BYTES))
+            fresh = self.jobfile.states_between(first, last)
+            for index in range(first, last):
+                if index not in self.held and index not in self._releasing:
+                    self.states[index] = fresh[index - first]
 
     def _rebuild_queues(self, first: int) -> None:
         if first == 0:
@@ -1242,7 +1437,7 @@ class Scheduler:
         if self.jobfile.parents is not None:
             high, normal = self._with_parent_done(high), self._with_parent_done(normal)
         # Every index added is at least as large as every one queued, so
-        # the lists stay heaps.
+        # the lists stay sorted.
         self._high.extend(high)
         self._normal.extend(normal)
 
@@ -1267,7 +1462,7 @@ class Scheduler:
         for child in self.jobfile.children_of(index):
             state = self.states[child]
             if self._runnable(state, child):
-                heapq.heappush(self._high if state == _HIGH else self._normal, child)
+                bisect.insort(self._high if state == _HIGH else self._normal, child)
 
     def _parent_done_now(self, index: int) -> bool:
         """Reread the parent's state byte, under the child's lock just taken.
@@ -1308,8 +1503,11 @@ class Scheduler:
         return self.retry and state in (_FAILED, _ERROR) and index not in self.attempted
 
     def _rescan_gap(self) -> float:
-        # A rescan reads the whole file: keep its share of the time small.
-        return max(_POLL, 20 * self._rescan_cost)
+        # A rescan reads the file below the finished prefix: keep its share
+        # of the time, and of the (NFS) server's bytes, small.
+        offsets = self.jobfile.offsets
+        unfinished = offsets[-1] - offsets[self._done_prefix] if self._done_prefix < len(offsets) else 0
+        return max(_POLL, 20 * self._rescan_cost, unfinished / _RESCAN_RATE)
 
     def _claim_from_queues(self, count: int) -> list[Claim]:
         claims: list[Claim] = []
@@ -1318,21 +1516,32 @@ class Scheduler:
         if self.jobfile.shrunk:
             return claims  # a truncated file: the indexed lines are gone
         for queue in (self._high, self._normal):
+            spread = False  # set once another worker won a job we tried
             while queue and len(claims) < count:
-                index = queue[0]
+                at = _spread_pick(len(queue)) if spread else 0
+                index = queue[at]
                 if index in self._releasing or not self._runnable(self.states[index], index):
-                    heapq.heappop(queue)
+                    del queue[at]
                     continue
                 if self._below_open_barrier(index):
+                    if at:
+                        spread = False  # the jobs before it may still start
+                        continue
                     self._blocked_by = "barrier"
                     break  # every later job in this queue is below it too
                 claim = self._claim(index)
                 if claim is False:
                     self._blocked_by = "cap"
                     return claims
-                heapq.heappop(queue)
+                del queue[at]
                 if claim is not None:
                     claims.append(claim)
+                elif self._contended:
+                    # Others claim at the same moment: look at the queue
+                    # head again, and try one of its first jobs at random
+                    # rather than the one every other worker tries next.
+                    spread = True
+                    self._peek_queue_heads(count - len(claims))
         return claims
 
     def _claim(self, index: int) -> Claim | None | Literal[False]:
@@ -1422,14 +1631,14 @@ class Scheduler:
             _unlock_byte(self.jobfile.fd, SLOT_BASE + slot)
             self.held_slots.discard(slot)
 
-    def _mark_lost_jobs(self) -> None:
-        """Mark ``e`` every ``r`` job whose byte no process holds.
+    def _mark_lost_jobs(self, first: int = 0) -> None:
+        """Mark ``e`` every ``r`` job from ``first`` on whose byte no process holds.
 
         The byte is reread under the lock we won: its worker may just have
         written the final state and let go.
         """
         fd, offsets, states = self.jobfile.fd, self.jobfile.offsets, self.states
-        index = states.find(b"r")
+        index = states.find(b"r", first)
         while index >= 0:
             if index not in self.held and index not in self._releasing:
                 current = _lock_and_reread_job(fd, offsets[index])
@@ -1701,6 +1910,7 @@ class _JobProcess:
         self.kill_at: float | None = None
         self.timed_out = False
         self.interrupted = False
+        self.killed = False  # by runset --kill
         self.requeued = False  # goes back to the state it was claimed from
         self.killed = False  # by runset --kill
         pid_tag = b"%s,%d" % (host, self.pid)
@@ -1863,6 +2073,74 @@ class _JobProcess:
         return outcome
 
 
+class _OutputBuffer:
+    """Bytes for a stream that a thread of its own writes, in order.
+
+    The loop that puts them never waits on the stream: a console piped into
+    a reader that stopped, a terminal on hold or a hung disk would otherwise
+    stop its heartbeats, deadlines and kill timers too.  ``full`` tells the
+    loop to stop reading its jobs' pipes until there is room again (the
+    jobs then wait in their writes: back-pressure); ``on_room`` is called,
+    from the writing thread, when there is.  A failed write (a closed pipe,
+    a full disk) drops the rest: ``failure`` says why.
+    """
+
+    def __init__(self, write: Callable[[bytes], None], limit: int) -> None:
+        self._write = write
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0  # bytes put and not yet written, those being written included
+        self._writing = False
+        self._cond = threading.Condition()
+        self.failure: OSError | None = None
+        self.on_room: Callable[[], None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return self._size >= self._limit
+
+    def put(self, data: bytes) -> None:
+        """Queue ``data`` to be written; never blocks (the limit is the caller's to heed)."""
+        with self._cond:
+            if self.failure is not None or not data:
+                return
+            self._chunks.append(data)
+            self._size += len(data)
+            if not self._writing:
+                self._writing = True
+                threading.Thread(target=self._run, name="runmaker-output", daemon=True).start()
+
+    def drain(self) -> None:
+        """Wait until every byte put is written (or writing failed)."""
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._chunks:
+                    self._writing = False  # the next put starts a new thread
+                    self._cond.notify_all()
+                    return
+                data = b"".join(self._chunks)
+                self._chunks.clear()
+            failure = None
+            try:
+                self._write(data)
+            except OSError as exc:
+                failure = exc
+            with self._cond:
+                was_full = self.full
+                self._size -= len(data)
+                if failure is not None:
+                    self.failure = failure
+                    self._size -= sum(map(len, self._chunks))
+                    self._chunks.clear()
+            if was_full and not self.full and self.on_room is not None:
+                self.on_room()
+
+
 class JobSource(Protocol):
     """Where a Worker's jobs come from: a Scheduler on the job file, or a TCP server."""
 
@@ -1925,7 +2203,10 @@ class Worker:
         self.notify = notify
         self._console = console
         self._console_parts: list[bytes] = []
-        self._console_broken = False
+        self._output = _OutputBuffer(self._write_console, _CONSOLE_BEHIND)
+        self._output_paused = False  # the jobs' pipes wait for the console
+        self._output_failure_told = False
+        self._room_r = -1  # readable once the console has room again
         self._running: dict[int, _JobProcess] = {}  # pid -> attempt
         self._free_slots = list(range(options.jobs))
         self._poller = select.poll()
@@ -1952,6 +2233,9 @@ class Worker:
             self._poller.register(wake_r, select.POLLIN)
             if self.link is not None:
                 self._poller.register(self.link.fileno(), select.POLLIN)
+            self._room_r, room_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._poller.register(self._room_r, select.POLLIN)
+            self._output.on_room = lambda: _wake(room_w)
             try:
                 self._loop(wake_r)
             except BaseException:
@@ -1962,7 +2246,11 @@ class Worker:
                 self._stop_jobs_now()
                 raise
             finally:
+                self._output.on_room = None
+                os.close(self._room_r)
+                os.close(room_w)
                 self._flush_console()
+                self._output.drain()
         if self._stop_signals:
             return _EXIT_SIGNALLED
         return 1 if self._failures or self._replaced else 0
@@ -2008,11 +2296,12 @@ class Worker:
                     return
             timeout = self._next_timeout(now, waiting=self._may_claim() or bool(self._running))
             for fd, _ in self._poller.poll(None if timeout is None else timeout * 1000):
-                if fd == wake_r:
-                    _drain_wakeup(wake_r)
+                if fd in (wake_r, self._room_r):
+                    _drain_wakeup(fd)
                 elif fd in self._watched:  # not closed earlier in this round
                     self._read_output(self._watched[fd], fd)
             self._flush_console()
+            self._heed_output()
 
     def _may_claim(self) -> bool:
         return not (
@@ -2023,7 +2312,9 @@ class Worker:
         moments = [job.kill_at or job.deadline for job in self._running.values()]
         times = [m - now for m in moments if m is not None]
         if waiting:
-            times.append(_POLL)
+            # With a free slot, look as often as appended jobs must be seen
+            # (SPEC: within 0.1 s); a full worker only keeps directives current.
+            times.append(_REFRESH_GAP if self._free_slots else _POLL)
         if self.link is not None and not self._link_broken:
             wait = self.link.timeout(now)
             if wait is not None:
@@ -2144,7 +2435,7 @@ class Worker:
             return
         self._running[job.pid] = job
         for fd in job.streams:
-            self._poller.register(fd, select.POLLIN)
+            self._poller.register(fd, 0 if self._output_paused else select.POLLIN)
             self._watched[fd] = job
         if not self.options.quiet:
             self._console_parts.append(b"status (" + job.pid_tag + b'): forked "' + quoted + b'"\n')
@@ -2246,21 +2537,40 @@ class Worker:
         job.close_stream(fd)
 
     def _flush_console(self) -> None:
-        if not self._console_parts:
-            return
-        data = b"".join(self._console_parts)
-        self._console_parts.clear()
-        if self._console_broken:
-            return
-        try:
-            # Under PYTHONUNBUFFERED sys.stdout.buffer is a raw FileIO: a
-            # write into a full pipe that SIGCHLD interrupts writes only part.
-            view = memoryview(data)
-            while view:
-                view = view[self._console.write(view) :]
-            self._console.flush()
-        except BrokenPipeError:
-            self._console_broken = True  # nobody reads: the jobs go on
+        """Hand this turn's console lines to the output thread (never waits)."""
+        if self._console_parts:
+            self._output.put(b"".join(self._console_parts))
+            self._console_parts.clear()
+        failure = self._output.failure
+        if failure is not None and not self._output_failure_told:
+            self._output_failure_told = True
+            if not isinstance(failure, BrokenPipeError):  # nobody reads: the jobs go on
+                self.notify(f"runmaker: cannot write to the console, its output is lost: "
+                            f"{failure.strerror}; the jobs go on")
+
+    def _heed_output(self) -> None:
+        """Stop reading the jobs' pipes while the console is far behind; resume once it is not."""
+        paused = self._output.full
+        if paused != self._output_paused:
+            self._output_paused = paused
+            for fd in self._watched:
+                self._poller.modify(fd, 0 if paused else select.POLLIN)
+
+    def _write_console(self, data: bytes) -> None:
+        # Under PYTHONUNBUFFERED sys.stdout.buffer is a raw FileIO: a write
+        # into a full pipe that a signal interrupts writes only part.
+        view = memoryview(data)
+        while view:
+            view = view[self._console.write(view) :]
+        self._console.flush()
+
+
+def _wake(fd: int) -> None:
+    """Wake a loop through its self-pipe (from another thread)."""
+    try:
+        os.write(fd, b"\0")
+    except OSError:
+        pass  # full: it wakes anyway; closed: it has ended
 
 
 def _what_next(running: int) -> str:
@@ -2340,6 +2650,9 @@ def _signal_name(signum: int) -> str:
 _SETTABLE = b".+d!e-"
 _JOB_SPEC = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")
 _SUMMARY_ORDER = b"+.rd!e-"
+_LINE_STATE = re.compile(rb"\n([^#/ \t\r\n\x0b\x0c])[ \t]")  # the state of a job line
+_BLANK_COMMAND = re.compile(rb"\n[^\n][ \t][ \t\r\x0b\x0c]*\n")  # a state, then blanks only
+_RUNNING_JOB = re.compile(rb"^r[ \t]", re.M)  # in a piece of job lines only (_count_states)
 _UNKNOWN_STATE = re.compile(rb"[^.+rd!e\-]")
 _UNKNOWN_OR_FAILED = re.compile(rb"[^.+rd\-]")
 _PENDING_STATES = re.compile(rb"[.+]")
@@ -2347,9 +2660,14 @@ _LIST_CHUNK = 1 << 16  # jobs formatted per piece of runset's output
 _SET_BATCH = 1024  # job locks --set holds at once, so one fsync covers many bytes
 _SET_TRIES = 5  # a lock held through all of them (~0.1 s) is a running job's
 _SET_RETRY_PAUSE = 0.025
+_MAX_NOTICE = 4096  # bytes of line numbers in one #runmaker set notice
 _PROGRESS_CELLS = 16
 _KILL_WAIT = 15.0  # seconds runset --kill waits for the jobs to end
 _KILL_POLL = 0.05
+_UNFINISHED = re.compile(rb"[^d\-]+")  # runs of jobs that may still change
+_WATCH_RATE = 512 << 10  # bytes a second runwait rereads, at most (after its first look)
+_WATCH_MIN_READ = 64 << 10  # bytes a look may read however soon it follows the last
+_WATCH_GAP = 4096  # runs of unfinished jobs closer than this are read in one piece
 
 
 @dataclass(frozen=True)
@@ -2396,10 +2714,20 @@ def list_jobs(
         jobfile = JobFile(path, writable=False, warn=warn)
         try:
             check_file_locking(path, fd=jobfile.fd)
-            data, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
+            if summary and not (selection.jobs or wanted is not None or pattern is not None):
+                counts, lost_count = _count_states(jobfile)
+                yield _summary_text(counts, lost_count, as_json)
+                return
+            # Counting needs no command: then the file is indexed a piece at a
+            # time and never held whole.
+            data, states, chosen = _read_selection(
+                jobfile, selection, wanted, pattern, commands=not summary or pattern is not None
+            )
             lost = _probe_running_jobs(jobfile, states, chosen)
             if summary:
-                yield _summary_text(states, chosen, len(lost), as_json)
+                picked = states if isinstance(chosen, range) else (states[i] for i in chosen)
+                counts = collections.Counter(picked)
+                yield _summary_text(counts, len(lost), as_json)
                 return
             # What blocks a selected job may lie outside the selection.
             every_lost = lost if isinstance(chosen, range) else _probe_running_jobs(
@@ -2486,21 +2814,29 @@ def set_job_states(
             fd, offsets = jobfile.fd, jobfile.offsets
             byte = bytes((target,))
             busy = [index for index in chosen if states[index] != target]
-            for attempt in range(_SET_TRIES):
-                if attempt:
-                    time.sleep(_SET_RETRY_PAUSE)
-                busy = _set_unlocked_jobs(fd, offsets, busy, byte, wanted)
-                if not busy:
-                    break
+            changed: list[int] = []
+            try:
+                for attempt in range(_SET_TRIES):
+                    if attempt:
+                        time.sleep(_SET_RETRY_PAUSE)
+                    busy = _set_unlocked_jobs(fd, offsets, busy, byte, wanted, changed)
+                    if not busy:
+                        break
+            finally:
+                _append_set_notice(jobfile, changed)
             return [jobfile.lines[index] for index in busy]
         finally:
             jobfile.close()
 
 
 def _set_unlocked_jobs(
-    fd: int, offsets: array.array[int], chosen: list[int], byte: bytes, wanted: bytes | None
+    fd: int, offsets: array.array[int], chosen: list[int], byte: bytes, wanted: bytes | None,
+    changed: list[int],
 ) -> list[int]:
-    """Write ``byte`` to each chosen job whose lock is free; return the others."""
+    """Write ``byte`` to each chosen job whose lock is free; return the others.
+
+    Adds the index of each job whose byte it wrote to ``changed``.
+    """
     busy: list[int] = []
     held: list[int] = []
     written = False
@@ -2519,6 +2855,7 @@ def _set_unlocked_jobs(
             if selected and current and current != byte:
                 _write_job_state(fd, offset, byte)
                 written = True
+                changed.append(index)
             if len(held) >= _SET_BATCH:
                 _release_job_locks(fd, held, written)
                 held.clear()
@@ -2526,6 +2863,21 @@ def _set_unlocked_jobs(
     finally:
         _release_job_locks(fd, held, written)
     return busy
+
+
+def _append_set_notice(jobfile: JobFile, changed: list[int]) -> None:
+    """Append ``#runmaker set LINES`` naming the jobs whose bytes were changed in place.
+
+    Workers and runwait follow what is appended, and reread no state byte
+    of a finished stretch of the file: this notice is how they learn of
+    the change.  Written after the bytes are durable and unlocked; a list
+    too long for one line becomes a notice without lines (reread all).
+    """
+    if not changed:
+        return
+    ranges = _line_ranges(jobfile.lines, sorted(changed))
+    notice = b"#runmaker set %s\n" % ranges.encode() if len(ranges) <= _MAX_NOTICE else b"#runmaker set\n"
+    append_to_shared_file(jobfile.fd, notice)
 
 
 def append_jobs(
@@ -2735,10 +3087,13 @@ class JobCounts:
 class JobWatcher:
     """Looks at a job file again and again, for ``runwait``, on one descriptor.
 
-    Each look takes the reading lock once, reads the file in one pread,
-    indexes only lines appended since the last look and takes every state
-    byte in one C call; only ``r`` jobs are probed.  No lock is held between
-    looks, and none that a worker would wait for more than one read.
+    The first look reads the whole file.  Later looks read what was
+    appended, the state bytes that ``#runmaker set`` notices name, and the
+    stretches of the file holding jobs not yet ``d`` or ``-`` (nothing else
+    changes them), at most _WATCH_RATE bytes a second: when those stretches
+    are larger, each look rereads the next part of them in turn.  Only
+    ``r`` jobs are probed.  No lock is held between looks, and none that a
+    worker would wait for more than one read.
     """
 
     def __init__(
@@ -2750,6 +3105,9 @@ class JobWatcher:
         self._states = bytearray()
         self._lost: set[int] = set()
         self._blocked: dict[int, int] = {}
+        self._looked = False
+        self._last_look = 0.0
+        self._cursor = 0  # the job index the next partial reread starts at
 
     def close(self) -> None:
         self.jobfile.close()
@@ -2761,18 +3119,22 @@ class JobWatcher:
         it was opened: workers stop using such a file, so waiting on is futile.
         """
         jobfile = self.jobfile
-        data, _, _ = jobfile.read(whole=True)
+        if not self._looked:
+            self._states = bytearray(jobfile.read_new_states()[1])
+            jobfile.take_set_notices()  # every byte was just read
+            self._looked = True
+        else:
+            self._read_changes()
+        self._last_look = time.monotonic()
         if jobfile.replaced():
             raise RunmakerError(
                 f"{jobfile.path}: the file was replaced or truncated while runwait watched it "
                 "(an editor that saves a new copy?); workers stop using it"
             )
-        states = bytearray(jobfile.states_of(data))
-        del data
+        states = self._states
         if self._jobs and self._chosen is None:
             self._chosen = _jobs_named(jobfile, self._jobs)  # RunmakerError: a line that is no job
         self._lost = _probe_running_jobs(jobfile, states, range(len(states)))
-        self._states = states
         mine = states if self._chosen is None else bytearray(states[i] for i in self._chosen)
         pending = mine.count(b".") + mine.count(b"+")
         lost = len(self._lost) if self._chosen is None else sum(i in self._lost for i in self._chosen)
@@ -2790,6 +3152,59 @@ class JobWatcher:
             pending=pending, blocked=len(self._blocked), running=running, done=done, failed=failed,
             error=error, lost=lost, unknown=unknown, retired=retired,
         )
+
+    def _read_changes(self) -> None:
+        """Bring the cached state bytes up to date, reading only what may have changed."""
+        jobfile, states = self.jobfile, self._states
+        first_new, new_states = jobfile.read_new_states()
+        if jobfile.shrunk:
+            return  # look() raises
+        del states[first_new:]
+        states += new_states
+        for first_line, last_line in jobfile.take_set_notices():
+            if (first_line, last_line) == (1, 0):
+                states[:] = jobfile.states_between(0, len(states))
+                continue
+            first = bisect.bisect_left(jobfile.lines, first_line)
+            last = min(bisect.bisect_right(jobfile.lines, last_line), len(states))
+            if first < last:
+                states[first:last] = jobfile.states_between(first, last)
+        budget = max(_WATCH_MIN_READ, (time.monotonic() - self._last_look) * _WATCH_RATE)
+        for first, last in self._unfinished_spans(budget):
+            states[first:last] = jobfile.states_between(first, last)
+
+    def _unfinished_spans(self, budget: float) -> list[tuple[int, int]]:
+        """Runs of jobs to reread: every job not ``d`` or ``-``, from the cursor
+        on (then from the start again), at most about ``budget`` bytes of
+        the file; the cursor moves on to where the next look goes on.
+
+        Runs closer than _WATCH_GAP bytes are read as one.
+        """
+        offsets, states = self.jobfile.offsets, self._states
+        start = self._cursor if self._cursor < len(states) else 0
+        spans: list[tuple[int, int]] = []
+        spent = 0.0
+        for begin, end in ((start, len(states)), (0, start)):
+            for match in _UNFINISHED.finditer(states, begin, end):
+                first, last = match.span()
+                # Bytes between the last span and this run, if read with it.
+                gap = _WATCH_GAP
+                if spans and first > spans[-1][0]:
+                    gap = offsets[first] - offsets[spans[-1][1] - 1]
+                joined = gap < _WATCH_GAP
+                cost = (gap if joined else 0) + offsets[last - 1] + 1 - offsets[first]
+                if spent + cost > budget:
+                    if spans:
+                        self._cursor = first
+                        return spans
+                    # One run larger than the budget: its first part now.
+                    last = bisect.bisect_right(offsets, offsets[first] + budget, first + 1, last)
+                    self._cursor = last
+                    return [(first, last)]
+                spent += cost
+                spans[-1:] = [(spans[-1][0], last)] if joined else [*spans[-1:], (first, last)]
+        self._cursor = 0
+        return spans
 
     def name_unsuccessful_jobs(self) -> dict[str, str]:
         """The lines of the last look's unsuccessful jobs, by kind, as ranges.
@@ -2941,15 +3356,20 @@ def _settable_state(state: str) -> int:
 
 
 def _read_selection(
-    jobfile: JobFile, selection: JobSelection, wanted: bytes | None, pattern: re.Pattern[str] | None
+    jobfile: JobFile, selection: JobSelection, wanted: bytes | None, pattern: re.Pattern[str] | None,
+    *, commands: bool = True,
 ) -> tuple[bytes, bytearray, Sequence[int]]:
     """Read the whole file once (reading lock) and pick the selected jobs.
 
     Returns the data, every job's state byte, and the selected job indexes
-    in file order (a range when that is every job).
+    in file order (a range when that is every job).  Without ``commands``
+    the data is empty: the file is indexed a piece at a time instead.
     """
-    data, _, _ = jobfile.read(whole=True)
-    states = bytearray(jobfile.states_of(data))
+    if commands:
+        data, _, _ = jobfile.read(whole=True)
+        states = bytearray(jobfile.states_of(data))
+    else:
+        data, states = b"", bytearray(jobfile.read_new_states()[1])
     chosen: Sequence[int] = range(len(states))
     if selection.jobs:
         chosen = _jobs_named(jobfile, selection.jobs)
@@ -3048,8 +3468,78 @@ def _blocking_failures(jobfile: JobFile, states: bytearray, lost: set[int]) -> d
     return {index: failure for index, (failure, _) in held.items()}
 
 
-def _summary_text(states: bytearray, chosen: Sequence[int], lost: int, as_json: bool) -> str:
-    counts = collections.Counter(states if isinstance(chosen, range) else (states[i] for i in chosen))
+def _count_states(jobfile: JobFile) -> tuple[collections.Counter[int], int]:
+    """Count every job per state byte, and the lost ones, building no index.
+
+    For ``runset --summary`` of a whole file: a piece at a time under the
+    reading lock, job lines found by a regular expression in C.  A piece
+    with a directive or a line that is neither a job, a comment nor blank
+    is indexed by the JobFile instead, which warns about it as usual.
+    ``r`` jobs are probed (a shared lock attempt, the byte reread).
+    """
+    counts: collections.Counter[int] = collections.Counter()
+    running: list[int] = []
+    fd = jobfile.fd
+    with _ReadingLock(fd):
+        size = os.fstat(fd).st_size
+    pos = line = 0
+    data = b""
+    while pos + len(data) < size:
+        with _ReadingLock(fd):
+            more = os.pread(fd, min(size - pos - len(data), _INDEX_CHUNK), pos + len(data))
+        if not more:
+            break
+        data += more
+        cut = data.rfind(b"\n") + 1 if pos + len(data) < size else len(data)
+        if cut == 0:
+            continue  # a line longer than a piece: read on
+        piece, data = data[:cut], data[cut:]
+        if not piece.endswith(b"\n"):
+            piece += b"\n"  # the last line, without its newline
+        lines = piece.count(b"\n")
+        found = _count_job_lines(b"\n" + piece)
+        if found is None:
+            first = len(jobfile.offsets)
+            jobfile.line_count = line
+            jobfile._index_lines(piece, pos)
+            states = jobfile.states_of(piece, pos, first)
+            counts.update(states)
+            running += [jobfile.offsets[first + m.start()] for m in re.finditer(rb"r", states)]
+        else:
+            counts.update(found)
+            if found[_RUNNING]:
+                running += [pos + m.start() for m in _RUNNING_JOB.finditer(piece)]
+        pos += cut
+        line += lines
+    lost = 0
+    for offset in running:
+        if not _lock_byte(fd, offset, exclusive=False, wait=False):
+            continue  # held: the job is live
+        try:
+            current = os.pread(fd, 1, offset)
+        finally:
+            _unlock_byte(fd, offset)
+        if current == b"r":
+            lost += 1
+        elif current:
+            counts[_RUNNING] -= 1
+            counts[current[0]] += 1
+    return +counts, lost
+
+
+def _count_job_lines(text: bytes) -> collections.Counter[int] | None:
+    """Lines of ``text`` (each after a newline) per state, when every line is
+    a job; None when some line needs a closer look (the index's).
+
+    One regular expression that starts at each newline: no Python work per line.
+    """
+    states = b"".join(_LINE_STATE.findall(text))
+    if len(states) != text.count(b"\n") - text.endswith(b"\n") or _BLANK_COMMAND.search(text):
+        return None
+    return collections.Counter(states)
+
+
+def _summary_text(counts: collections.Counter[int], lost: int, as_json: bool) -> str:
     order = list(_SUMMARY_ORDER) + sorted(set(counts) - set(_SUMMARY_ORDER))
     present = [(state, counts[state]) for state in order if counts[state]]
     total = sum(counts.values())

@@ -348,7 +348,8 @@ def test_runset_refuses_a_live_running_job(tmp_path: Path, procs: Procs) -> None
     assert states(path) == "r--"
     worker.communicate(timeout=20)
     assert worker.returncode == 0
-    assert path.read_bytes() == b"d " + GATED + b"\n- echo two\n- echo three\n"
+    # runset named the jobs it changed in place in an appended notice (issue 13).
+    assert path.read_bytes() == b"d " + GATED + b"\n- echo two\n- echo three\n#runmaker set 2-3\n"
 
 
 def test_runwait_file_replaced_while_it_waits(tmp_path: Path, procs: Procs) -> None:

@@ -161,15 +161,22 @@ def test_lines_of_concurrent_jobs_are_never_cut(tmp_path):
 
 
 def blocked_writing_stdout(pid: int) -> bool:
-    """True while ``pid`` sleeps in a write to its fd 1 (its full console pipe)."""
+    """True while a thread of ``pid`` sleeps in a write to its fd 1 (its full console pipe)."""
     try:
-        with open(f"/proc/{pid}/syscall") as f:
-            args = f.read().split()
-        with open(f"/proc/{pid}/wchan") as f:
-            wchan = f.read()
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
-    return "pipe_write" in wchan or (len(args) > 1 and args[1] == "0x1" and "poll" not in wchan)
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/syscall") as f:
+                args = f.read().split()
+            with open(f"/proc/{pid}/task/{task}/wchan") as f:
+                wchan = f.read()
+        except OSError:
+            continue
+        if "pipe_write" in wchan or (len(args) > 1 and args[1] == "0x1" and "poll" not in wchan):
+            return True
+    return False
 
 
 @pytest.mark.timeout(30)
