@@ -3,11 +3,12 @@
 
 A job file holds one shell command per line behind a one-byte state
 (``.`` pending, ``+`` urgent, ``r`` running, ``d`` done, ``!`` failed,
-``e`` error, ``-`` retired).  Workers on any number of hosts that share the
-file claim lines with POSIX ``fcntl`` record locks on the file itself, run up
-to ``-j`` commands at once and write each state byte back in place.  No
-server is needed; ``--serve``/``--connect`` offer a TCP mode for hosts
-without a shared file system.
+``e`` error, ``-`` retired); an indented command waits for the job above
+it with less indent (an outline of dependencies).  Workers on any number of
+hosts that share the file claim lines with POSIX ``fcntl`` record locks on
+the file itself, run up to ``-j`` commands at once and write each state byte
+back in place.  No server is needed; ``--serve``/``--connect`` offer a TCP
+mode for hosts without a shared file system.
 
 This module owns everything the three commands share: the job-file format,
 the locks, the scheduler, the worker and the records of finished jobs.
@@ -64,6 +65,7 @@ __all__ = [
     "JobSelection",
     "JobSource",
     "JobWatcher",
+    "KillReport",
     "OneLineErrorCommand",
     "RunmakerError",
     "RunmakerFailure",
@@ -80,6 +82,7 @@ __all__ = [
     "echo_to_stderr",
     "host_name",
     "job_file_failed",
+    "kill_jobs",
     "list_jobs",
     "main",
     "progress_cells",
@@ -109,6 +112,10 @@ STATE_NAMES = {
 
 # State bytes as the ints that indexing ``bytes`` gives.
 _PENDING, _HIGH, _RUNNING, _DONE, _FAILED, _ERROR = b".+rd!e"
+_PARENT_DONE = b"d-"  # a child may start once its parent is in one of these
+_PARENT_DONE_TABLE = bytes(1 if byte in _PARENT_DONE else 0 for byte in range(256))
+_LIVE_OR_DONE = b".+rd-"  # the states that are no failure
+_HIGH_QUEUE = re.compile(rb"\+")
 
 # A job line's first byte may be anything but these: '#' and '/' start
 # comments, white space starts a blank or mistaken line.
@@ -287,8 +294,8 @@ class _ReadingLock:
         _unlock_byte(self.fd, APPEND_BYTE)
 
 
-def append_to_shared_file(fd: int, record: bytes, *, header: bytes = b"") -> None:
-    """Append ``record`` whole at the end of a shared file.
+def append_to_shared_file(fd: int, record: bytes, *, header: bytes = b"") -> int:
+    """Append ``record`` whole at the end of a shared file; return the offset it starts at.
 
     The append recipe of SPEC section 3: an exclusive lock on the append byte
     of that very file, the size from fstat under it, a missing final newline
@@ -300,14 +307,18 @@ def append_to_shared_file(fd: int, record: bytes, *, header: bytes = b"") -> Non
     _lock_byte(fd, APPEND_BYTE, exclusive=True, wait=True)
     try:
         size = os.fstat(fd).st_size
+        start = size
         if size == 0:
             record = header + record
+            start = len(header)
         elif os.pread(fd, 1, size - 1) != b"\n":
             record = b"\n" + record  # mend a last line left without newline
+            start = size + 1
         _pwrite_all(fd, record, size)
         os.fsync(fd)  # before unlock: another host reads only after locking
     finally:
         _unlock_byte(fd, APPEND_BYTE)
+    return start
 
 
 # --------------------------------------------------------------------------
@@ -318,8 +329,9 @@ def append_to_shared_file(fd: int, record: bytes, *, header: bytes = b"") -> Non
 #     byte may be old, and on NFS taking a lock is what refreshes the page.
 #     Both: _lock_and_reread_job.
 #  2. Decide on the byte reread, never on a cached one: Scheduler._claim
-#     (runnable?), Scheduler._mark_lost_jobs (still 'r'?), _set_unlocked_jobs
-#     (still selected?), _probe_running_jobs (still 'r'?).
+#     (runnable? and its parent, read under the child's lock, done?:
+#     Scheduler._parent_done_now), Scheduler._mark_lost_jobs (still 'r'?),
+#     _set_unlocked_jobs (still selected?), _probe_running_jobs (still 'r'?).
 #  3. Write the one byte while holding the lock (a host that holds no lock
 #     may write back whole cached pages over other hosts' bytes):
 #     _write_job_state.
@@ -596,6 +608,10 @@ def check_file_locking(path: str, mountinfo: str | None = None, *, fd: int | Non
 # The job file
 # --------------------------------------------------------------------------
 
+# What JobFile needs to undo the outline's growth: the stack (None while no
+# job is indented yet).
+_OutlineMark = list[tuple[int, int]] | None
+
 
 class JobFile:
     """One open job file: its single descriptor and the index of its lines.
@@ -636,7 +652,22 @@ class JobFile:
         self.shrunk = False  # the file got shorter: someone broke the rules
         # An unterminated last line is indexed, but may still grow; this
         # remembers what to undo to index it again.
-        self._tail: tuple[int, int, int, int, int | None] | None = None
+        self._tail: tuple[int, int, int, int, int | None, _OutlineMark] | None = None
+        # The outline (see _place_in_outline): each job's parent index, -1
+        # for none; None until a job is indented, so a flat file pays nothing.
+        self.parents: array.array[int] | None = None
+        # Each job's first child and next sibling (-1: none), for children_of.
+        self._first_child = array.array("i")
+        self._next_sibling = array.array("i")
+        self._outline: list[tuple[int, int]] = []  # (indent, index): where a new job may hang
+        # The link the last job placed made (array, index), and the one an
+        # unterminated last line made, to undo when it is indexed again.
+        self._last_link: tuple[array.array[int], int] | None = None
+        self._tail_link: tuple[array.array[int], int] | None = None
+        # The offset of each kill line (as ``kills``): it acts on the runs
+        # claimed before it was appended, which saw the file shorter.
+        self.kill_offsets: list[int] = []
+        self._in_tail = False
         self._warn = warn
         self._warned: set[int] = set()
         # Line ranges of ``#runmaker set`` notices not yet taken (take_set_notices).
@@ -805,10 +836,11 @@ class JobFile:
     def _index_from(self, data: bytes, base: int) -> int:
         self._widen_for(base + len(data))
         if self._tail is not None:
-            _, jobs, barriers, lines, max_running = self._tail
+            _, jobs, barriers, lines, max_running, outline = self._tail
             del self.offsets[jobs:], self.ends[jobs:], self.lines[jobs:]
             del self.barriers[barriers:], self.barrier_lines[barriers:]
             self.line_count, self.max_running = lines, max_running
+            self._undo_outline(outline, jobs)
             self._tail = None
         first_new = len(self.offsets)
         # Split a large read a piece at a time: a list of every line of a
@@ -822,8 +854,17 @@ class JobFile:
         last = data[end:]
         if last:
             # Indexed like any line, and undone to be indexed again if it grows.
-            self._tail = (pos, len(self.offsets), len(self.barriers), self.line_count, self.max_running)
-            self._index_lines(last + b"\n", pos)
+            self._tail = (pos, len(self.offsets), len(self.barriers), self.line_count, self.max_running,
+                          self._outline_mark())
+            # A line still being written: a job as usual, but a piece of a
+            # kill directive must not kill anything.
+            self._in_tail = True
+            self._last_link = None
+            try:
+                self._index_lines(last + b"\n", pos)
+            finally:
+                self._in_tail = False
+            self._tail_link = self._last_link
         self.size = pos + len(last)
         return first_new
 
@@ -835,6 +876,7 @@ class JobFile:
         add_offset, add_end, add_line = self.offsets.append, self.ends.append, self.lines.append
         separators, not_state, trailing = _SEPARATORS, _NOT_STATE, _TRAILING_SPACE
         line = self.line_count
+        outline = self.parents is not None
         for raw in pieces:
             line += 1
             size = len(raw)
@@ -844,19 +886,25 @@ class JobFile:
                     add_offset(pos)
                     add_end(pos + end)
                     add_line(line)
+                    if outline or raw[2] in separators:
+                        self._place_in_outline(raw[2:end], line)
+                        outline = True
                     pos += size + 1
                     continue
-            self._index_other(raw, line)
+            self._index_other(raw, line, pos)
             pos += size + 1
         self.line_count = line
         return pos
 
-    def _index_other(self, raw: bytes, line: int) -> None:
+    def _index_other(self, raw: bytes, line: int, pos: int) -> None:
         if not raw or raw.isspace():
             return
         if raw[0] in b"#/":
             if raw.startswith(b"#runmaker") and (len(raw) == 9 or raw[9] in b" \t\r"):
+                kills = len(self.kills)
                 self._directive(raw[9:].split(), line)
+                if len(self.kills) > kills:
+                    self._place_kill(kills, pos)
             return
         # Counted once: an unterminated last line is indexed again as it grows.
         if line > self._last_command_like and _reads_like_a_command(raw):
@@ -865,6 +913,78 @@ class JobFile:
             if self.first_command_like is None:
                 self.first_command_like = (line, raw)
         self._warn_line(line, "not a job line (a state byte, a space or tab, then the command)")
+
+    # -- the outline -------------------------------------------------------
+    #
+    # A job's parent is the nearest job line above it with a smaller indent
+    # (the leading blanks of its command; a tab counts as one space).  One
+    # pass keeps a stack of the jobs a new job may hang under, their indents
+    # rising: pop those indented as deep or deeper, and the top is the
+    # parent.  Each job is pushed and popped once, so indexing stays linear.
+    # Each job also links to its first child and its next sibling (the entry
+    # popped last sat right above the parent: it is the previous child), so
+    # children_of costs the children only, however deep the subtree.
+
+    def parent_of(self, index: int) -> int:
+        """The index of job ``index``'s parent, or -1 if it has none."""
+        return -1 if self.parents is None else self.parents[index]
+
+    def children_of(self, index: int) -> Iterator[int]:
+        """The indexes of job ``index``'s children, in file order."""
+        if self.parents is None:
+            return
+        child = self._first_child[index]
+        while child >= 0:
+            yield child
+            child = self._next_sibling[child]
+
+    def _place_in_outline(self, command: bytes, line: int) -> None:
+        index = len(self.offsets) - 1
+        indent = len(command) - len(command.lstrip(b" \t"))
+        if self.parents is None:
+            # The first indented job: every job before it has indent 0.
+            self.parents = array.array("i", [-1]) * index
+            self._first_child = array.array("i", [-1]) * index
+            self._next_sibling = array.array("i", [-1]) * index
+            self._outline = [(0, index - 1)] if index else []
+        outline = self._outline
+        previous = -1  # the parent's latest child, if any: the entry popped last
+        while outline and outline[-1][0] >= indent:
+            previous = outline.pop()[1]
+        parent = outline[-1][1] if outline else -1
+        self.parents.append(parent)
+        self._first_child.append(-1)
+        self._next_sibling.append(-1)
+        if parent >= 0:
+            link = (self._next_sibling, previous) if previous >= 0 else (self._first_child, parent)
+            link[0][link[1]] = index
+            self._last_link = link
+        outline.append((indent, index))
+        if b"\t" in command[:indent]:
+            self._warn_once(line, f"Warning: {self.path}:{line}: tabs in the indent count as one space each")
+
+    def _outline_mark(self) -> _OutlineMark:
+        return None if self.parents is None else list(self._outline)
+
+    def _undo_outline(self, outline: _OutlineMark, jobs: int) -> None:
+        if self._tail_link is not None:
+            links, at = self._tail_link
+            links[at] = -1
+            self._tail_link = None
+        if outline is None:
+            self.parents = None
+            self._outline = []
+        elif self.parents is not None:
+            del self.parents[jobs:], self._first_child[jobs:], self._next_sibling[jobs:]
+            self._outline = outline
+
+    def _place_kill(self, kills: int, pos: int) -> None:
+        if self._in_tail:
+            # A line still being written may be a piece of a longer one
+            # ("kill 1" of "kill 12"): it kills nothing until it is whole.
+            del self.kills[kills:]
+        else:
+            self.kill_offsets.append(pos)
 
     def _directive(self, words: list[bytes], line: int) -> None:
         if words[:1] == [b"barrier"] and len(words) == 1:
@@ -900,13 +1020,95 @@ class JobFile:
         self._set_notices.extend(ranges or [(1, 0)])
 
     def _warn_line(self, line: int, why: str) -> None:
+        self._warn_once(line, f"Warning: {self.path}:{line}: {why}; ignored")
+
+    def _warn_once(self, line: int, text: str) -> None:
         if self._warn is None or line in self._warned:
             return
         self._warned.add(line)
         if len(self._warned) <= _MAX_WARNINGS:
-            self._warn(f"Warning: {self.path}:{line}: {why}; ignored")
+            self._warn(text)
         elif len(self._warned) == _MAX_WARNINGS + 1:
             self._warn(f"Warning: {self.path}: more lines are ignored; not naming them all")
+
+
+# --------------------------------------------------------------------------
+# What holds pending jobs back: failed parents and barriers
+# --------------------------------------------------------------------------
+
+_MAX_NAMED = 10  # failures, and ranges of jobs per failure, that a worker names
+
+
+def _find_held_back(
+    jobfile: JobFile,
+    states: bytes | bytearray,
+    pending: Iterable[int],
+    failed: Callable[[int], bool],
+    first_failure: int | None,
+) -> dict[int, tuple[int, bool]]:
+    """Which of the ``pending`` jobs (indexes, in file order) failures hold back.
+
+    Returns, for each job held, the failed job that holds it and whether it
+    does so through a barrier.  A job is held when its parent failed
+    (``failed`` says which jobs are failures), when its parent is held
+    itself, or when it lies below a barrier with a failure above it (the
+    first failure in the file, ``first_failure``, is above every such
+    barrier).  A job whose parent runs or may still run is not held: it
+    waits.  One pass, since parents come before their children.
+    """
+    held: dict[int, tuple[int, bool]] = {}
+    if first_failure is None:
+        return held
+    barriers = jobfile.barriers
+    at = bisect.bisect_right(barriers, first_failure)
+    shut_from = barriers[at] if at < len(barriers) else None  # first job below a shut barrier
+    parents = jobfile.parents
+    for index in pending:
+        parent = parents[index] if parents is not None else -1
+        if parent >= 0 and states[parent] not in _PARENT_DONE:
+            if failed(parent):
+                held[index] = (parent, False)
+                continue
+            if parent in held:
+                held[index] = held[parent]
+                continue
+        if shut_from is not None and index >= shut_from:
+            held[index] = (first_failure, True)
+    return held
+
+
+def _describe_held_back(
+    jobfile: JobFile, states: bytes | bytearray, held: dict[int, tuple[int, bool]]
+) -> list[str]:
+    """A line per cause: the barrier a failure holds shut, then each failed parent and its jobs."""
+    text = []
+    if any(through_barrier for _, through_barrier in held.values()):
+        first = min(failure for failure, through_barrier in held.values() if through_barrier)
+        at = bisect.bisect_right(jobfile.barriers, first)
+        text.append(
+            f"{jobfile.path}: jobs below the barrier at line {jobfile.barrier_lines[at]} "
+            "wait for failed jobs above it"
+        )
+    by_failure: dict[int, list[int]] = {}
+    for index, (failure, through_barrier) in held.items():
+        if not through_barrier:
+            by_failure.setdefault(failure, []).append(index)
+    failures = sorted(by_failure)
+    for failure in failures[:_MAX_NAMED]:
+        jobs = by_failure[failure]
+        ranges = _line_ranges(jobfile.lines, jobs).split(" ")
+        named = " ".join(ranges[:_MAX_NAMED])
+        if len(ranges) > _MAX_NAMED:
+            named += f" ... ({len(jobs)} jobs)"
+        state = _shown(bytes((states[failure],)))
+        text.append(f"{jobfile.path}: blocked by {jobfile.lines[failure]} ('{state}'): {named}")
+    if len(failures) > _MAX_NAMED:
+        more = failures[_MAX_NAMED:]
+        text.append(
+            f"{jobfile.path}: {len(more)} more failures hold back "
+            f"{sum(len(by_failure[failure]) for failure in more)} jobs (runset -l names them)"
+        )
+    return text
 
 
 # --------------------------------------------------------------------------
@@ -988,7 +1190,7 @@ class IdleReason(str, enum.Enum):
     WAITING = "waiting"  # a cap, or a barrier whose jobs above still run: it will clear
     STALE = "stale"  # a lock was held elsewhere, or the view is old: look again later
     DONE = "done"  # nothing is left that this process could run
-    BLOCKED = "blocked"  # only jobs that a failure holds back (behind a barrier) are left
+    BLOCKED = "blocked"  # only jobs that failures hold back (failed parents, barriers) are left
 
 
 def work_is_over(reason: IdleReason | None, *, running: bool, follow: bool) -> bool:
@@ -1010,6 +1212,9 @@ class Claim:
     command: bytes
     slot: int | None = None
     was: str = "."  # its state before the claim: what --requeue puts back
+    # The job file's size when the job was claimed: a kill line that starts
+    # at or past it was appended while this run lived (see _take_kill_lines).
+    file_size: int = 0
 
 
 class Scheduler:
@@ -1039,8 +1244,16 @@ class Scheduler:
         self.attempted: set[int] = set()
         # Why the last claim_jobs call claimed fewer jobs than asked, or None.
         self.idle_reason: IdleReason | None = None
-        self._high: collections.deque[int] = collections.deque()
-        self._normal: collections.deque[int] = collections.deque()
+        # Job indexes in file order that may start as far as their parents
+        # go.  A child joins (bisect.insort) when its parent ends
+        # (_release_children), so subtrees that wait are never walked.
+        self._high: list[int] = []
+        self._normal: list[int] = []
+        # Called with the line of a held job that a new kill line names
+        # (the Worker's kill_job); kill lines before this one are old.
+        self.on_kill: Callable[[int], object] | None = None
+        self._kills_seen = 0
+        self._block: list[str] = []  # why pending jobs are held, once BLOCKED
         self._done_prefix = 0
         self._dirty = False
         self._releasing: set[int] = set()  # final byte written, lock not yet released
@@ -1089,6 +1302,7 @@ class Scheduler:
         for index in self.held:
             states[index] = _RUNNING
         self.states = states
+        self._take_kill_lines()
         if whole or probe or started - self._last_lost_probe >= _LOST_PROBE_GAP:
             # Each probe of a job running elsewhere is a failed lock round
             # trip (on NFS, to the server): not at every rescan.
@@ -1137,7 +1351,7 @@ class Scheduler:
             claims += self._claim_from_queues(count - len(claims))
         elif not self._acted_since_rescan:
             fresh = True  # the last rescan is recent, and nothing we did since changes it
-        self.idle_reason = self._why_idle(fresh) if len(claims) < count else None
+        self.idle_reason = self._why_idle(fresh, idle) if len(claims) < count else None
         return claims
 
     def refresh(self) -> None:
@@ -1165,6 +1379,8 @@ class Scheduler:
         del self.held[claim.index]
         self._releasing.add(claim.index)
         self._release_later.append(claim)
+        if state == "d":
+            self._release_children(claim.index)
 
     def commit(self) -> None:
         """Make the state bytes written durable, then release finished jobs.
@@ -1223,7 +1439,7 @@ class Scheduler:
 
     def nothing_left(self) -> IdleReason | None:
         """Without claiming: DONE if no job is left to run, BLOCKED if only
-        jobs below a barrier held shut by a failure are, else None.
+        jobs that failures hold back (failed parents, barriers) are, else None.
 
         The end rule of a worker, for a TCP server with no client asking.
         Rereads the file below the finished prefix first.
@@ -1231,17 +1447,15 @@ class Scheduler:
         self.rescan(whole=False)
         if self.jobfile.shrunk:
             return None  # the caller's replaced() check says so
-        candidates = [
-            index
+        if any(
+            index not in self._releasing
+            and self._runnable(self.states[index], index)
+            and not self._below_open_barrier(index)
             for queue in (self._high, self._normal)
             for index in queue
-            if index not in self._releasing and self._runnable(self.states[index], index)
-        ]
-        if not candidates:
-            return IdleReason.DONE
-        if any(not self._below_open_barrier(index) for index in candidates):
-            return None
-        return IdleReason.BLOCKED if self._barrier_held_by_failure() else None
+        ):
+            return None  # a job may start now
+        return self._held_back_by_failures()
 
     def describe_nothing_to_run(self) -> str:
         """One line on a file with nothing to run: what its jobs are, what would run them.
@@ -1261,15 +1475,8 @@ class Scheduler:
         return f"nothing to run in {self.jobfile.path} ({what})"
 
     def describe_block(self) -> str:
-        """One line on why pending jobs will not start (for ``blocked``)."""
-        waiting = len(self.states) - self._done_prefix
-        first = bisect.bisect_right(self.jobfile.barriers, self._done_prefix)
-        if first < len(self.jobfile.barriers):
-            return (
-                f"{self.jobfile.path}: jobs below the barrier at line "
-                f"{self.jobfile.barrier_lines[first]} wait for failed jobs above it"
-            )
-        return f"{self.jobfile.path}: {waiting} jobs are not done"
+        """Why pending jobs will not start (for BLOCKED): a line per cause."""
+        return "\n".join(self._block) or f"{self.jobfile.path}: jobs are held back"
 
     # -- queues ------------------------------------------------------------
 
@@ -1277,6 +1484,7 @@ class Scheduler:
         before = len(self.states)
         first_new, new_states = self.jobfile.read_new_states()
         self._last_refresh = time.monotonic()
+        self._take_kill_lines()
         if first_new < len(self.jobfile.offsets) or first_new < before:
             del self.states[first_new:]
             self.states += new_states
@@ -1339,12 +1547,71 @@ class Scheduler:
             self._high.clear()
             self._normal.clear()
         states = self.states
-        pos = states.find(b"+", first)
-        while pos >= 0:
-            self._high.append(pos)
-            pos = states.find(b"+", pos + 1)
+        high = [m.start() for m in _HIGH_QUEUE.finditer(states, first)]
         pattern = _NORMAL_QUEUE_RETRY if self.retry else _NORMAL_QUEUE
-        self._normal.extend(m.start() for m in pattern.finditer(states, first))
+        normal = [m.start() for m in pattern.finditer(states, first)]
+        if self.jobfile.parents is not None:
+            high, normal = self._with_parent_done(high), self._with_parent_done(normal)
+        # Every index added is at least as large as every one queued, so
+        # the lists stay sorted.
+        self._high.extend(high)
+        self._normal.extend(normal)
+
+    # -- the outline and kill lines --------------------------------------
+
+    def _with_parent_done(self, indexes: list[int]) -> list[int]:
+        """The jobs among ``indexes`` whose parent is done (or who have none).
+
+        A rescan asks this of every pending job: done as C loops (a byte per
+        job, 1 where it is d or -, looked up by each parent's index; the
+        extra byte at the end answers for "no parent", index -1).
+        """
+        parents = self.jobfile.parents
+        if parents is None or not indexes:
+            return indexes
+        done = self.states.translate(_PARENT_DONE_TABLE) + b"\x01"
+        flags = bytes(map(done.__getitem__, map(parents.__getitem__, indexes)))
+        return list(itertools.compress(indexes, flags))
+
+    def _release_children(self, index: int) -> None:
+        """Queue the children of a job that just ended 'd': their parent is done."""
+        for child in self.jobfile.children_of(index):
+            state = self.states[child]
+            if self._runnable(state, child):
+                bisect.insort(self._high if state == _HIGH else self._normal, child)
+
+    def _parent_done_now(self, index: int) -> bool:
+        """Reread the parent's state byte, under the child's lock just taken.
+
+        The cached byte may be old (the parent set back to '.' by hand, on
+        another host); taking the lock made the NFS client drop its cache,
+        so this read is fresh.  A parent not done sends the child back to
+        wait: it is queued again when the parent ends.
+        """
+        parent = self.jobfile.parent_of(index)
+        if parent < 0:
+            return True
+        current = os.pread(self.jobfile.fd, 1, self.jobfile.offsets[parent])
+        if current and parent not in self.held:
+            self.states[parent] = current[0]
+        return not current or current[0] in _PARENT_DONE
+
+    def _take_kill_lines(self) -> None:
+        """Hand ``on_kill`` the held jobs that kill lines read since the last look name.
+
+        A kill line acts on the runs that lived when it was appended: a run
+        claimed after it found the file at least that long (a claim reads
+        the size after taking the job lock, which on NFS revalidates it).
+        """
+        jobfile = self.jobfile
+        for number in range(self._kills_seen, len(jobfile.kills)):
+            for line in jobfile.kills[number]:
+                index = jobfile.index_of_line(line)
+                claim = self.held.get(index) if index is not None else None
+                stale = claim is None or claim.file_size > jobfile.kill_offsets[number]
+                if not stale and self.on_kill is not None:
+                    self.on_kill(line)
+        self._kills_seen = len(jobfile.kills)
 
     def _runnable(self, state: int, index: int) -> bool:
         if state in (_PENDING, _HIGH):
@@ -1410,16 +1677,20 @@ class Scheduler:
             return None
         # Another worker may have run the job to its end since we looked.
         state = current[0] if current else _DONE
-        if not self._runnable(state, index):
+        if not self._runnable(state, index) or not self._parent_done_now(index):
             _release_job_locks(fd, (offset,), written=False)
             self._release_slot(slot)
             self.states[index] = state
             return None
+        # The size now, read under the lock (fresh on NFS): kill lines
+        # appended before this claim lie below it (see _take_kill_lines).
+        size = os.fstat(fd).st_size
         _write_job_state(fd, offset, b"r")  # fsynced by commit(); the lock stays
         self._dirty = True
         self._acted_since_rescan = True
         self.states[index] = _RUNNING
         claim = Claim(index, self.jobfile.lines[index], self.jobfile.command(index), slot, chr(state))
+        claim.file_size = size
         self.held[index] = claim
         self.attempted.add(index)
         return claim
@@ -1515,34 +1786,53 @@ class Scheduler:
             return False
         return self._done_prefix < barriers[bisect.bisect_right(barriers, index) - 1]
 
-    def _why_idle(self, fresh: bool) -> IdleReason:
+    def _why_idle(self, fresh: bool, idle: bool) -> IdleReason:
         if self.jobfile.shrunk:
             return IdleReason.STALE  # not DONE: the worker must see replaced() and say so
         if self._blocked_by == "cap":
             return IdleReason.WAITING
-        if self._blocked_by == "barrier":
-            if fresh and self._barrier_held_by_failure():
-                return IdleReason.BLOCKED
+        if not fresh:
+            return IdleReason.WAITING if self._blocked_by == "barrier" else IdleReason.STALE
+        if not idle:
+            # Only a caller that runs nothing ends: the look at every job
+            # left (below) is for that moment only.
             return IdleReason.WAITING
-        return IdleReason.DONE if fresh and not self._contended else IdleReason.STALE
+        ended = self._held_back_by_failures()
+        if self._contended and ended is not IdleReason.BLOCKED:
+            return IdleReason.STALE  # a job locked elsewhere (a claim, runset): look again
+        return ended or IdleReason.WAITING
 
-    def _barrier_held_by_failure(self) -> bool:
-        """True when a failure above the first closed barrier holds it shut.
+    def _held_back_by_failures(self) -> IdleReason | None:
+        """DONE when no job is left to run, BLOCKED when failures hold back
+        every one left (``describe_block`` then says which), else None.
 
-        A ``!`` or ``e`` job this worker will not retry, or an unknown state,
-        becomes ``d`` or ``-`` only when the user acts: the jobs below wait
-        for the user, not for jobs still running.
+        A failure is a ``!`` or ``e`` job this worker will not retry, or an
+        unknown state: it becomes ``d`` or ``-`` only when the user acts.
+        Looks at every job left to run, so only when idle (see _why_idle).
         """
-        end = self._first_blocking_barrier()
-        for match in _NOT_DONE_YET.finditer(self.states, self._done_prefix, end):
-            if not self._runnable(self.states[match.start()], match.start()):
-                return True
-        return False
+        states = self.states
+        pattern = _NORMAL_QUEUE_RETRY if self.retry else _NORMAL_QUEUE
+        left = sorted(
+            [m.start() for m in pattern.finditer(states, self._done_prefix)]
+            + [m.start() for m in _HIGH_QUEUE.finditer(states, self._done_prefix)]
+        )
+        left = [index for index in left if self._runnable(states[index], index)]
+        if not left:
+            return IdleReason.DONE
 
-    def _first_blocking_barrier(self) -> int:
-        barriers = self.jobfile.barriers
-        at = bisect.bisect_right(barriers, self._done_prefix)
-        return barriers[at] if at < len(barriers) else len(self.states)
+        def failed(index: int) -> bool:
+            state = states[index]
+            return state not in _LIVE_OR_DONE and not self._runnable(state, index)
+
+        first_failure = next(
+            (m.start() for m in _NOT_DONE_YET.finditer(states, self._done_prefix) if failed(m.start())),
+            None,
+        )
+        held = _find_held_back(self.jobfile, states, left, failed, first_failure)
+        if len(held) < len(left):
+            return None
+        self._block = _describe_held_back(self.jobfile, states, held)
+        return IdleReason.BLOCKED
 
 
 # --------------------------------------------------------------------------
@@ -1747,6 +2037,7 @@ class _JobProcess:
         self.interrupted = False
         self.killed = False  # by runset --kill
         self.requeued = False  # goes back to the state it was claimed from
+        self.killed = False  # by runset --kill
         pid_tag = b"%s,%d" % (host, self.pid)
         self.pid_tag = pid_tag
         self._tags = (b"stdout (" + pid_tag + b"): ", b"stderr (" + pid_tag + b"): ")
@@ -2279,9 +2570,10 @@ class Worker:
                 else:
                     claims = self.source.claim_jobs(free, idle=not self._running)
                 self._next_look = now + _POLL
-            elif self._may_claim() and now >= self._next_look:
-                # Busy with -j jobs: still read new lines now and then, so a
-                # cap appended meanwhile counts our running jobs at once.
+            elif (self._may_claim() or self._running) and now >= self._next_look:
+                # Busy with -j jobs (or draining): still read new lines now
+                # and then, so a cap appended meanwhile counts our running
+                # jobs at once, and a kill line reaches its job.
                 self.source.refresh()
                 self._next_look = now + _POLL
             self.source.commit()
@@ -2294,9 +2586,10 @@ class Worker:
                 reason = self.source.idle_reason
                 if work_is_over(reason, running=False, follow=self.options.follow):
                     if reason is IdleReason.BLOCKED:
-                        self.notify("runmaker: " + self.source.describe_block())
+                        for cause in self.source.describe_block().splitlines():
+                            self.notify("runmaker: " + cause)
                     return
-            timeout = self._next_timeout(now, waiting=self._may_claim())
+            timeout = self._next_timeout(now, waiting=self._may_claim() or bool(self._running))
             for fd, _ in self._poller.poll(None if timeout is None else timeout * 1000):
                 if fd in (wake_r, self._room_r):
                     _drain_wakeup(fd)
@@ -2681,12 +2974,16 @@ _LINE_STATE = re.compile(rb"\n([^#/ \t\r\n\x0b\x0c])[ \t]")  # the state of a jo
 _BLANK_COMMAND = re.compile(rb"\n[^\n][ \t][ \t\r\x0b\x0c]*\n")  # a state, then blanks only
 _RUNNING_JOB = re.compile(rb"^r[ \t]", re.M)  # in a piece of job lines only (_count_states)
 _UNKNOWN_STATE = re.compile(rb"[^.+rd!e\-]")
+_UNKNOWN_OR_FAILED = re.compile(rb"[^.+rd\-]")
+_PENDING_STATES = re.compile(rb"[.+]")
 _LIST_CHUNK = 1 << 16  # jobs formatted per piece of runset's output
 _SET_BATCH = 1024  # job locks --set holds at once, so one fsync covers many bytes
 _SET_TRIES = 5  # a lock held through all of them (~0.1 s) is a running job's
 _SET_RETRY_PAUSE = 0.025
 _MAX_NOTICE = 4096  # bytes of line numbers in one #runmaker set notice
 _PROGRESS_CELLS = 16
+_KILL_WAIT = 15.0  # seconds runset --kill waits for the jobs to end
+_KILL_POLL = 0.05
 _UNFINISHED = re.compile(rb"[^d\-]+")  # runs of jobs that may still change
 _WATCH_RATE = 512 << 10  # bytes a second runwait rereads, at most (after its first look)
 _WATCH_MIN_READ = 64 << 10  # bytes a look may read however soon it follows the last
@@ -2752,6 +3049,11 @@ def list_jobs(
                 counts = collections.Counter(picked)
                 yield _summary_text(counts, len(lost), as_json)
                 return
+            # What blocks a selected job may lie outside the selection.
+            every_lost = lost if isinstance(chosen, range) else _probe_running_jobs(
+                jobfile, states, range(len(states))
+            )
+            blocked = _blocking_failures(jobfile, states, every_lost)
             lines, offsets, ends = jobfile.lines, jobfile.offsets, jobfile.ends
             skip = _COMMAND_SKIP
             for start in range(0, len(chosen), _LIST_CHUNK):
@@ -2764,6 +3066,8 @@ def list_jobs(
                                 "state": _shown(states[i : i + 1]),
                                 "command": _shown(data[offsets[i] + skip : ends[i]]),
                                 "lost": i in lost,
+                                "parent": _line_or_none(lines, jobfile.parent_of(i)),
+                                "blocked_by": _line_or_none(lines, blocked.get(i, -1)),
                             }
                         )
                         + "\n"
@@ -2780,7 +3084,9 @@ def list_jobs(
                                     lines[i],
                                     states[i],
                                     data[offsets[i] + skip : ends[i]],
-                                    b" [lost]" if i in lost else b"",
+                                    b" [lost]" if i in lost else (
+                                        b" [blocked by %d]" % lines[blocked[i]] if i in blocked else b""
+                                    ),
                                 )
                                 for i in part
                             ]
@@ -2901,7 +3207,7 @@ def append_jobs(
     high: bool = False,
     max_running: int | Literal["none"] | None = None,
     barrier: bool = False,
-) -> int:
+) -> list[int]:
     """Append directives and new jobs to the job file at ``path`` as one record.
 
     The record holds, in this order: a ``#runmaker max-running`` directive
@@ -2910,8 +3216,9 @@ def append_jobs(
     (``.``), or urgent (``+``) with ``high``.  Trailing white space of a
     command is dropped.  The record is written whole with the append recipe
     (append_to_shared_file): workers never see part of it, and appends from
-    other processes or hosts never tear its lines.  Returns the number of
-    jobs appended.
+    other processes or hosts never tear its lines.  Returns the line
+    number of each job appended.  A command's leading blanks are its indent:
+    a job indented deeper than the job line above it is its child (SPEC 1).
 
     Raises RunmakerError for an empty command or one with a line break in
     it; RunmakerFailure when the file system fails under it (a full disk).
@@ -2923,7 +3230,7 @@ def append_jobs(
             parts.append(b"#runmaker max-running %s\n" % str(max_running).encode())
         if barrier:
             parts.append(b"#runmaker barrier\n")
-        count = 0
+        jobs: list[int] = []  # where each job line lies in the record, counted in lines
         for command in commands:
             command = command.rstrip(_TRAILING_SPACE)
             if not command:
@@ -2932,17 +3239,123 @@ def append_jobs(
                 raise RunmakerError(
                     f"{path}: a command must fit on one line: {_shown(command)!r}"
                 )
+            jobs.append(len(parts))
             parts.append(state + command + b"\n")
-            count += 1
         if not parts:
-            return 0
+            return []
         fd = _open_job_file(path, writable=True)
         try:
             check_file_locking(path, fd=fd)
-            append_to_shared_file(fd, b"".join(parts))
+            start = append_to_shared_file(fd, b"".join(parts))
+            before = _count_lines_before(fd, start) if jobs else 0
         finally:
             os.close(fd)
-        return count
+        return [before + 1 + k for k in jobs]
+
+
+def _count_lines_before(fd: int, offset: int) -> int:
+    """The number of lines before ``offset`` (the start of a line).
+
+    Lines are only ever appended, never cut or joined, so the count of
+    newlines before a record stays what it was when the record was written.
+    """
+    count = 0
+    with _ReadingLock(fd):
+        for start in range(0, offset, _INDEX_CHUNK):
+            count += os.pread(fd, min(_INDEX_CHUNK, offset - start), start).count(b"\n")
+    return count
+
+
+@dataclass
+class KillReport:
+    """What ``kill_jobs`` did, by line: killed, not running, or ended otherwise."""
+
+    killed: list[int] = field(default_factory=list)
+    not_running: list[int] = field(default_factory=list)
+    # (line, why) of jobs a kill line named that did not end killed.
+    other: list[tuple[int, str]] = field(default_factory=list)
+
+
+def kill_jobs(
+    path: str,
+    selection: JobSelection,
+    *,
+    wait: float = _KILL_WAIT,
+    warn: Callable[[str], None] | None = None,
+) -> KillReport:
+    """Stop the selected running jobs, wherever they run, and wait for them to end.
+
+    Appends one ``#runmaker kill LINE...`` naming the selected jobs that
+    are live (``r`` with their lock held); the worker (or TCP client)
+    running each stops its process group, and the job ends ``!`` (status
+    ``killed``).  Selected jobs that are not running get no kill line and
+    are named in the report.  Waits up to ``wait`` seconds for the jobs
+    named to end (a job that ignores SIGTERM gets SIGKILL after 5 s).
+
+    Raises RunmakerError when nothing is selected, or for a bad selection,
+    and RunmakerFailure when the file system fails under it.
+    """
+    if selection.is_empty():
+        raise RunmakerError(
+            f"{path}: --kill needs a selection: JOB numbers or ranges, --all, --state or --grep"
+        )
+    with _failing_as_runtime_error(path):
+        wanted, pattern = _compile_selection(path, selection)
+        jobfile = JobFile(path, writable=True, warn=warn)
+        try:
+            check_file_locking(path, fd=jobfile.fd)
+            _, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
+            lost = _probe_running_jobs(jobfile, states, chosen)
+            live = [index for index in chosen if states[index] == _RUNNING and index not in lost]
+            running = set(live)
+            report = KillReport(not_running=[jobfile.lines[i] for i in chosen if i not in running])
+            if live:
+                lines = " ".join(str(jobfile.lines[index]) for index in live)
+                append_to_shared_file(jobfile.fd, f"#runmaker kill {lines}\n".encode())
+                _wait_for_kills(jobfile, live, report, wait)
+            return report
+        finally:
+            jobfile.close()
+
+
+def _wait_for_kills(jobfile: JobFile, live: list[int], report: KillReport, wait: float) -> None:
+    """Wait until the jobs a kill line named have ended, at most ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        live = _jobs_still_running(jobfile, live, report)
+        if not live:
+            break
+        if time.monotonic() >= deadline:
+            report.other += [
+                (jobfile.lines[index], f"still running {wait:g} s after the kill") for index in live
+            ]
+            break
+        time.sleep(_KILL_POLL)
+    report.killed.sort()
+    report.other.sort()
+
+
+def _jobs_still_running(jobfile: JobFile, live: list[int], report: KillReport) -> list[int]:
+    """Look at each job a kill line named; note those that ended, return the others."""
+    fd, offsets = jobfile.fd, jobfile.offsets
+    left = []
+    for index in live:
+        offset = offsets[index]
+        if not _lock_byte(fd, offset, exclusive=False, wait=False):
+            left.append(index)  # its worker still holds it
+            continue
+        try:
+            current = os.pread(fd, 1, offset)  # after a lock: fresh on NFS
+        finally:
+            _unlock_byte(fd, offset)
+        line = jobfile.lines[index]
+        if current == b"!":
+            report.killed.append(line)
+        elif current == b"r":
+            report.other.append((line, "lost: its worker died"))
+        else:
+            report.other.append((line, f"ended '{_shown(current)}' before the kill reached it"))
+    return left
 
 
 @dataclass
@@ -2953,10 +3366,13 @@ class JobCounts:
     is ``lost``, and counts as an error.  Retired jobs are left out of
     ``total``, as if deleted.  ``processed`` jobs are the ones nobody waits
     for any more; ``errors`` are those of them not done (failed, error,
-    lost, or in an unknown state).
+    lost, or in an unknown state).  ``blocked`` counts the pending jobs
+    that failures hold back (a parent or a barrier); it is counted only
+    while nothing runs, the moment it matters.
     """
 
     pending: int = 0
+    blocked: int = 0
     running: int = 0
     done: int = 0
     failed: int = 0
@@ -2984,8 +3400,8 @@ class JobCounts:
 
     @property
     def finished(self) -> bool:
-        """True when no job is pending and none is live-running."""
-        return self.pending == 0 and self.running == 0
+        """True when none is live-running and failures hold back every pending job (or none is)."""
+        return self.pending == self.blocked and self.running == 0
 
 
 class JobWatcher:
@@ -3000,10 +3416,15 @@ class JobWatcher:
     worker would wait for more than one read.
     """
 
-    def __init__(self, path: str, *, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, path: str, *, jobs: tuple[str, ...] = (), warn: Callable[[str], None] | None = None
+    ) -> None:
         self.jobfile = JobFile(path, writable=False, warn=warn)
+        self._jobs = jobs  # JOB arguments: watch these jobs only
+        self._chosen: list[int] | None = None
         self._states = bytearray()
         self._lost: set[int] = set()
+        self._blocked: dict[int, int] = {}
         self._looked = False
         self._last_look = 0.0
         self._cursor = 0  # the job index the next partial reread starts at
@@ -3031,16 +3452,25 @@ class JobWatcher:
                 "(an editor that saves a new copy?); workers stop using it"
             )
         states = self._states
+        if self._jobs and self._chosen is None:
+            self._chosen = _jobs_named(jobfile, self._jobs)  # RunmakerError: a line that is no job
         self._lost = _probe_running_jobs(jobfile, states, range(len(states)))
-        pending = states.count(b".") + states.count(b"+")
-        running = states.count(b"r") - len(self._lost)
-        done, failed, error = states.count(b"d"), states.count(b"!"), states.count(b"e")
-        retired = states.count(b"-")
-        lost = len(self._lost)
-        unknown = len(states) - pending - running - lost - done - failed - error - retired
+        mine = states if self._chosen is None else bytearray(states[i] for i in self._chosen)
+        pending = mine.count(b".") + mine.count(b"+")
+        lost = len(self._lost) if self._chosen is None else sum(i in self._lost for i in self._chosen)
+        running = mine.count(b"r") - lost
+        done, failed, error = mine.count(b"d"), mine.count(b"!"), mine.count(b"e")
+        retired = mine.count(b"-")
+        unknown = len(mine) - pending - running - lost - done - failed - error - retired
+        self._blocked = {}
+        if pending and not running:
+            held = _blocking_failures(jobfile, states, self._lost)
+            self._blocked = held if self._chosen is None else {
+                i: held[i] for i in self._chosen if i in held
+            }
         return JobCounts(
-            pending=pending, running=running, done=done, failed=failed, error=error,
-            lost=lost, unknown=unknown, retired=retired,
+            pending=pending, blocked=len(self._blocked), running=running, done=done, failed=failed,
+            error=error, lost=lost, unknown=unknown, retired=retired,
         )
 
     def _read_changes(self) -> None:
@@ -3100,8 +3530,9 @@ class JobWatcher:
         """The lines of the last look's unsuccessful jobs, by kind, as ranges.
 
         Kinds: ``failed (!)``, ``error (e)``, ``lost (r)`` and ``unknown
-        state``; ranges such as ``5-9`` join jobs next to each other, so the
-        text can be handed back to ``runset`` as JOB arguments.
+        state``, then ``blocked by N`` for the pending jobs that the failure
+        at line N holds back; ranges such as ``5-9`` join jobs next to each
+        other, so the text can be handed back to ``runset`` as JOB arguments.
         """
         states, lines = self._states, self.jobfile.lines
         kinds = {
@@ -3110,18 +3541,32 @@ class JobWatcher:
             "lost (r)": sorted(self._lost),
             "unknown state": [m.start() for m in _UNKNOWN_STATE.finditer(states)],
         }
+        if self._chosen is not None:
+            mine = set(self._chosen)
+            kinds = {kind: [i for i in found if i in mine] for kind, found in kinds.items()}
+        by_failure: dict[int, list[int]] = {}
+        for index, failure in sorted(self._blocked.items()):
+            by_failure.setdefault(failure, []).append(index)
+        for failure in sorted(by_failure):
+            kinds[f"blocked by {lines[failure]}"] = by_failure[failure]
         return {kind: _line_ranges(lines, found) for kind, found in kinds.items() if found}
 
 
 def wait_for_jobs(
     path: str,
     *,
+    jobs: tuple[str, ...] = (),
     interval: float = 1.0,
     timeout: float | None = None,
     progress: Callable[[JobCounts], None] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> JobCounts:
     """Wait until no job of the job file at ``path`` is pending or live-running.
+
+    With ``jobs`` (JOB arguments: line numbers and ranges ``A-B``) only
+    those jobs count.  Pending jobs that failures hold back (a failed
+    parent, or a failure above their barrier) do not keep it waiting once
+    nothing runs: the last look names them by the failure that holds them.
 
     Looks at once, then every ``interval`` seconds (see JobWatcher), and
     hands every look to ``progress``, with the time elapsed and an ETA: the
@@ -3133,7 +3578,7 @@ def wait_for_jobs(
     file system fails under it.
     """
     with _failing_as_runtime_error(path):
-        watcher = JobWatcher(path, warn=warn)
+        watcher = JobWatcher(path, jobs=jobs, warn=warn)
         try:
             check_file_locking(path, fd=watcher.jobfile.fd)
             started = time.monotonic()
@@ -3315,6 +3760,32 @@ def _probe_running_jobs(jobfile: JobFile, states: bytearray, chosen: Sequence[in
         elif current:
             states[index] = current[0]
     return lost
+
+
+def _line_or_none(lines: array.array[int], index: int) -> int | None:
+    return lines[index] if index >= 0 else None
+
+
+def _blocking_failures(jobfile: JobFile, states: bytearray, lost: set[int]) -> dict[int, int]:
+    """For each pending job that a failure holds back, the index of that failure.
+
+    Failures here: ``!``, ``e``, unknown states and lost jobs (what the user
+    must act on).  Only pending jobs after the first failure can be held,
+    so a file without failures costs one regular expression search.
+    """
+    found = _UNKNOWN_OR_FAILED.search(states)
+    first = found.start() if found else None
+    if lost:
+        first = min(lost) if first is None else min(first, min(lost))
+    if first is None:
+        return {}
+
+    def failed(index: int) -> bool:
+        return states[index] not in _LIVE_OR_DONE or index in lost
+
+    pending = (m.start() for m in _PENDING_STATES.finditer(states, first + 1))
+    held = _find_held_back(jobfile, states, pending, failed, first)
+    return {index: failure for index, (failure, _) in held.items()}
 
 
 def _count_states(jobfile: JobFile) -> tuple[collections.Counter[int], int]:
@@ -3506,6 +3977,7 @@ def run_worker(
             scheduler = Scheduler(jobfile, retry=retry, notify=notify)
             try:
                 worker = Worker(scheduler, options, records, console=console, notify=notify)
+                scheduler.on_kill = worker.kill_job
                 code = worker.run()
                 if not worker.jobs_started and scheduler.idle_reason is IdleReason.DONE:
                     notify("runmaker: " + scheduler.describe_nothing_to_run())

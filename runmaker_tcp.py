@@ -1112,8 +1112,8 @@ class _Server:
         """Tell every client to end, and give the words a moment to reach them."""
         if self._accept_again is None:
             self._poller.unregister(self._listener.fileno())
-        if self._block:
-            self._notify("runmaker: " + self._block)
+        for cause in self._block.splitlines():
+            self._notify("runmaker: " + cause)
         clients = self._clients()
         why = "signalled" if self._signals_seen else (
             "the job file was replaced" if self._replaced else "nothing left to run"

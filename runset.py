@@ -64,14 +64,17 @@ def _check_combination(
     showing: list[str],
     high: bool,
     adding: bool,
+    killing: bool,
 ) -> None:
     """Refuse mixed kinds of work with a usage error (exit 2).
 
     Appending (--add, --max-running, --barrier) takes no selection and no
-    other action; --set lists nothing; --high needs --add.
+    other action; --set and --kill list nothing; --high needs --add.
     """
     if high and not adding:
         raise click.UsageError("--high goes with --add (it makes the new jobs '+')")
+    if killing and (setting or showing or appending):
+        raise click.UsageError("--kill takes a selection of jobs and no other action")
     if appending and (setting or showing or not selection.is_empty()):
         raise click.UsageError(
             "--add, --max-running and --barrier only append: they take no JOB, "
@@ -81,6 +84,16 @@ def _check_combination(
         raise click.UsageError(f"--set does not list (drop {showing[0]}); run runset again to see the result")
     if "--list" in showing and "--summary" in showing:
         raise click.UsageError("choose one of --list and --summary")
+
+
+def _show_kills(file: str, report: runmaker.KillReport) -> int:
+    """Print what --kill did (``LINE: killed`` on stdout, the rest on stderr); the exit status."""
+    for line in report.not_running:
+        click.echo(f"runset: {file}:{line}: not running; not killed", err=True)
+    click.echo("".join(f"{line}: killed\n" for line in report.killed), nl=False)
+    for line, why in report.other:
+        click.echo(f"runset: {file}:{line}: {why}", err=True)
+    return 1 if report.not_running or report.other else 0
 
 
 @click.command(cls=runmaker.OneLineErrorCommand, context_settings=runmaker.CLICK_CONTEXT)
@@ -102,11 +115,14 @@ def _check_combination(
               help="Append '#runmaker max-running N': at most N jobs at once (0 pauses, 'none' lifts it).")
 @click.option("--barrier", is_flag=True,
               help="Append '#runmaker barrier': jobs below start once all above are d or -.")
+@click.option("--kill", is_flag=True,
+              help="Stop the selected running jobs wherever they run (they end '!'); wait for them.")
 @click.version_option(runmaker.__version__, "--version", prog_name="runset")
 def main(
     file: str, jobs: tuple[str, ...], all_jobs: bool, state: str | None, grep: str | None,
     list_jobs: bool, as_json: bool, summary: bool, set_state: str | None,
     add: tuple[str, ...], high: bool, max_running: int | Literal["none"] | None, barrier: bool,
+    kill: bool,
 ) -> None:
     """List, select and change the jobs of the job FILE while workers run.
 
@@ -119,7 +135,9 @@ def main(
             - retired;  lines starting # or / are comments.
     JOB: a line number (as an editor shows it) or a range A-B.
     Selections (JOB..., --all, --state, --grep) combine with AND; with none
-    at all every job is listed, and --set refuses.
+    at all every job is listed, and --set refuses.  A command added with
+    leading spaces is a child of the nearest less-indented job above it: it
+    runs once that job is done.  --add prints the line of each job it appends.
 
     \b
     Examples:
@@ -131,20 +149,28 @@ def main(
         runset --grep 'seed=7' --set - runs.txt  retire some jobs
         runset --add 'make report' runs.txt      append a job, print its line
         runset --add - runs.txt < more.txt       append jobs from a file
+        line=$(runset --add 'make report' runs.txt)
+        runset --add '  make upload' runs.txt    a child of the job above
+        runset --kill runs.txt 12                stop job 12 wherever it runs
         runset --max-running 0 runs.txt          pause (none: go on)
 
     \b
-    Exit status: 0 done; 1 --set left a running job unchanged (named on
-    stderr); 2 usage or input error (one Error: line, the file untouched).
+    Exit status: 0 done; 1 --set left a running job unchanged, or --kill
+    found a job not running (named on stderr); 2 usage or input error (one
+    Error: line, the file untouched).
     """
     selection = runmaker.JobSelection(jobs=jobs, all_jobs=all_jobs, states=state, grep=grep)
     appending = bool(add) or max_running is not None or barrier
     flags = (("--list", list_jobs), ("--json", as_json), ("--summary", summary))
     showing = [name for name, on in flags if on]
     _check_combination(selection, appending=appending, setting=set_state is not None,
-                       showing=showing, high=high, adding=bool(add))
+                       showing=showing, high=high, adding=bool(add), killing=kill)
     if appending:
-        runmaker.append_jobs(file, _commands(add), high=high, max_running=max_running, barrier=barrier)
+        added = runmaker.append_jobs(file, _commands(add), high=high, max_running=max_running,
+                                     barrier=barrier)
+        click.echo("".join(f"{line}\n" for line in added), nl=False)
+    elif kill:
+        sys.exit(_show_kills(file, runmaker.kill_jobs(file, selection, warn=runmaker.echo_to_stderr)))
     elif set_state is not None:
         refused = runmaker.set_job_states(file, selection, set_state, warn=runmaker.echo_to_stderr)
         for line in refused:

@@ -107,6 +107,7 @@ def _interrupted(signum: int, frame: object) -> None:
 
 @click.command(cls=runmaker.OneLineErrorCommand, context_settings=runmaker.CLICK_CONTEXT)
 @click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("jobs", nargs=-1, metavar="[JOB]...")
 @click.option("-p", "--progress", is_flag=True,
               help="Show progress on stderr: a live bar on a terminal, else a line when counts change.")
 @click.option("-e", "--use-exit-status", is_flag=True, help="Exit 1 unless every job ended d (or is -).")
@@ -115,10 +116,14 @@ def _interrupted(signum: int, frame: object) -> None:
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               metavar="SECONDS", help="Seconds between looks at FILE.")
 @click.version_option(runmaker.__version__, "--version", prog_name="runwait")
-def main(file: str, progress: bool, use_exit_status: bool, timeout: float | None, interval: float) -> None:
-    """Wait until no job of FILE is pending or running; name the failed and lost ones.
+def main(file: str, jobs: tuple[str, ...], progress: bool, use_exit_status: bool,
+         timeout: float | None, interval: float) -> None:
+    """Wait until no job of FILE (or of the JOBs given) is pending or running; name the failed and lost ones.
 
     Watches FILE without holding up its workers, on this host or others.
+    JOB is a line number or a range A-B.  Pending jobs that only failures
+    hold back (a failed parent, or a failure above their barrier) do not
+    keep it waiting once nothing runs: it names them by the failure.
 
     \b
     FILE: one job per line, a state byte, a space, a shell command.
@@ -134,6 +139,7 @@ def main(file: str, progress: bool, use_exit_status: bool, timeout: float | None
         runwait -p runs.txt                       with progress on stderr
         runwait -e --progress runs.txt && mail -s 'runs done' me < /dev/null
         runwait --timeout 3600 runs.txt || echo 'not done within an hour'
+        line=$(runset --add 'make report' runs.txt) && runwait -e runs.txt "$line"
 
     \b
     Exit status: 0 finished; 1 with -e when a job is not d or -; 124 after
@@ -144,8 +150,8 @@ def main(file: str, progress: bool, use_exit_status: bool, timeout: float | None
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupted)  # ends like Ctrl-C: exit 130
     try:
-        counts = runmaker.wait_for_jobs(file, interval=interval, timeout=timeout, progress=show,
-                                        warn=runmaker.echo_to_stderr)
+        counts = runmaker.wait_for_jobs(file, jobs=jobs, interval=interval, timeout=timeout,
+                                        progress=show, warn=runmaker.echo_to_stderr)
     except KeyboardInterrupt:
         sys.exit(_EXIT_INTERRUPTED)
     finally:
@@ -157,7 +163,7 @@ def main(file: str, progress: bool, use_exit_status: bool, timeout: float | None
         click.echo(f"runwait: {file}: timed out with {counts.pending} jobs pending, "
                    f"{counts.running} running", err=True)
         sys.exit(_EXIT_TIMEOUT)
-    sys.exit(1 if use_exit_status and counts.errors else 0)
+    sys.exit(1 if use_exit_status and (counts.errors or counts.blocked) else 0)
 
 
 if __name__ == "__main__":

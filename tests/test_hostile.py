@@ -145,7 +145,8 @@ ROWS = [
         stderr=r"Warning: runs\.txt(:\d+: .*; ignored|: more lines are ignored; not naming them all)"),
     Row("runset-non-utf8-json", "runset", ["--json", "runs.txt"], 0,
         files={"runs.txt": b". echo caf\xe9\n"},
-        stdout=b'{"line": 1, "state": ".", "command": "echo caf\\ufffd", "lost": false}\n'),
+        stdout=b'{"line": 1, "state": ".", "command": "echo caf\\ufffd", "lost": false, '
+               b'"parent": null, "blocked_by": null}\n'),
     Row("runset-line-zero", "runset", ["runs.txt", "0"], 2, r"Error: runs\.txt:0: no job at this line"),
     Row("runset-line-not-a-number", "runset", ["runs.txt", "abc"], 2,
         r"Error: runs\.txt: 'abc' is not a line number or a range A-B"),

@@ -90,8 +90,10 @@ def test_json_lines(tmp_path):
     path.write_bytes(b'. echo "caf\xc3\xa9"\t \nd printf \xff\n')
     result = runset(tmp_path, "--json", "runs.txt")
     assert out(result) == (
-        '{"line": 1, "state": ".", "command": "echo \\"caf\\u00e9\\"", "lost": false}\n'
-        '{"line": 2, "state": "d", "command": "printf \\ufffd", "lost": false}\n'
+        '{"line": 1, "state": ".", "command": "echo \\"caf\\u00e9\\"", "lost": false, '
+        '"parent": null, "blocked_by": null}\n'
+        '{"line": 2, "state": "d", "command": "printf \\ufffd", "lost": false, '
+        '"parent": null, "blocked_by": null}\n'
     )
     assert [json.loads(line)["command"] for line in result.stdout.decode().splitlines()] == [
         'echo "café"', "printf \ufffd"
@@ -204,11 +206,11 @@ def test_a_killed_workers_job_is_lost_listed_counted_and_settable(tmp_path, proc
 def test_add_appends_jobs_and_mends_a_missing_newline(tmp_path):
     path = tmp_path / "runs.txt"
     path.write_bytes(b"d echo a")
-    assert out(runset(tmp_path, "--add", "echo b", "--add", "echo c  ", "runs.txt")) == ""
+    assert out(runset(tmp_path, "--add", "echo b", "--add", "echo c  ", "runs.txt")) == "2\n3\n"
     assert path.read_bytes() == b"d echo a\n. echo b\n. echo c\n"
-    assert out(runset(tmp_path, "--high", "--add", "echo d", "runs.txt")) == ""
+    assert out(runset(tmp_path, "--high", "--add", "echo d", "runs.txt")) == "4\n"
     stdin = b"echo e\n\n   \necho \xff f\r\necho g"
-    assert out(runset(tmp_path, "--add", "-", "runs.txt", input=stdin)) == ""
+    assert out(runset(tmp_path, "--add", "-", "runs.txt", input=stdin)) == "5\n6\n7\n"
     assert path.read_bytes() == (
         b"d echo a\n. echo b\n. echo c\n+ echo d\n. echo e\n. echo \xff f\n. echo g\n"
     )
@@ -220,7 +222,7 @@ def test_max_running_and_barrier_append_directives(tmp_path):
     path = write_jobs(tmp_path / "runs.txt", ["true"])
     assert out(runset(tmp_path, "--max-running", "2", "runs.txt")) == ""
     assert out(runset(tmp_path, "--max-running", "none", "runs.txt")) == ""
-    assert out(runset(tmp_path, "--barrier", "--max-running", "0", "--add", "echo z", "runs.txt")) == ""
+    assert out(runset(tmp_path, "--barrier", "--max-running", "0", "--add", "echo z", "runs.txt")) == "6\n"
     assert path.read_text() == (
         ". true\n"
         "#runmaker max-running 2\n"

@@ -417,23 +417,25 @@ def test_the_dumps_example_runs_every_step_and_the_report_last(tmp_path):
     shutil.copytree(ROOT / "examples" / "dumps", example)
     result = run("runmaker", "-j4", "--joblog", "joblog.tsv", "runs.txt", cwd=example, timeout=30)
     assert result.returncode == 0, result.stderr
-    assert states(example / "runs.txt") == "d" * 17
+    assert states(example / "runs.txt") == "d" * 21
 
     rows = [r.split("\t") for r in (example / "joblog.tsv").read_text().splitlines()[1:]]
     jobs = {r[8]: (float(r[2]), float(r[2]) + float(r[3])) for r in rows}
-    assert len(jobs) == 17
-    report = jobs.pop("sh report.sh customers products invoices orders")
+    assert len(jobs) == 21
+    report = jobs.pop("sh report.sh customers invoices products orders events")
     assert all(report[0] >= end for _, end in jobs.values())  # the report ran last
     # The urgent '+' dump jumped the queue: it was claimed (and so printed
     # `executing`) first.  The joblog's millisecond start times can tie.
     claimed = [line for line in result.stdout.decode().splitlines() if line.startswith("executing `")]
-    assert claimed[0] == "executing `sh dump.sh orders'"
-    assert len(claimed) == 17
+    assert claimed[0] == "executing `sh dump.sh orders 4000'"
+    assert len(claimed) == 21
     # max-running 3 (the joblog's times come from two clocks: allow 10 ms)
     for start, _ in jobs.values():
         assert sum(1 for s, e in jobs.values() if s <= start + 0.01 and start < e - 0.01) <= 3
     assert (example / "work" / "report.txt").read_text().splitlines() == [
-        f"{db}: restored, 2000 rows" for db in ("customers", "products", "invoices", "orders")
+        f"{db}: restored and uploaded, {count} rows"
+        for db, count in (("customers", 1000), ("invoices", 12000), ("products", 2000),
+                         ("orders", 4000), ("events", 6000))
     ]
 
 

@@ -500,8 +500,12 @@ class _Soak:
             else:
                 args = [a for c in commands for a in ("--add", c.decode())]
                 result = self._run("runset", "runs.txt", *high, *args)
-            if result.returncode != 0 or result.stdout or result.stderr:
-                self.problems.append(f"runset --add: {result.returncode} {result.stderr!r}")
+            # It prints the line of each job it appended, one per line.
+            printed = result.stdout.split()
+            if result.returncode != 0 or result.stderr or len(printed) != len(commands) or not all(
+                n.isdigit() for n in printed
+            ):
+                self.problems.append(f"runset --add: {result.returncode} {result.stdout!r} {result.stderr!r}")
             self.adds.append(commands)
             time.sleep(rng.uniform(0, 0.1))
 

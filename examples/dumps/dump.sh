@@ -1,9 +1,11 @@
 #!/bin/sh
-# Fake `pg_dump DB > work/dumps/DB.sql`: a short pause, a small file.
+# Fake `pg_dump DB > work/dumps/DB.sql`: as slow as the database is big.
 set -eu
-db=${1:?usage: dump.sh DATABASE}
+db=${1:?usage: dump.sh DATABASE ROWS}
+rows=${2:?usage: dump.sh DATABASE ROWS}
+. ./pace.sh
 mkdir -p work/dumps
-sleep "${DUMPS_SLEEP:-0.2}"
-seq 1 2000 | sed "s/^/INSERT INTO $db VALUES (/; s/\$/);/" > "work/dumps/$db.sql.part"
+pace "$rows" 1
+seq 1 "$rows" | sed "s/^/INSERT INTO $db VALUES (/; s/\$/);/" > "work/dumps/$db.sql.part"
 mv "work/dumps/$db.sql.part" "work/dumps/$db.sql"
-echo "dumped $db: $(wc -l < "work/dumps/$db.sql") rows"
+echo "dumped $db: $rows rows"

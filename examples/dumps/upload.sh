@@ -1,10 +1,11 @@
 #!/bin/sh
-# Fake the transfer to the new server: a copy into work/remote/ that takes a
-# moment (this is the step that saturates the network: max-running 3).
+# Fake the upload of a compressed dump to where the team fetches it: a copy
+# into work/remote/ that takes a moment.
 set -eu
 db=${1:?usage: upload.sh DATABASE}
+. ./pace.sh
 mkdir -p work/remote
-sleep "${DUMPS_SLEEP:-0.2}"
+pace "$(wc -l < "work/dumps/$db.sql")" 0.5
 cp "work/dumps/$db.sql.gz" "work/remote/$db.sql.gz.part"
 mv "work/remote/$db.sql.gz.part" "work/remote/$db.sql.gz"
 echo "uploaded $db"
