@@ -651,7 +651,8 @@ def test_a_tcp_server_with_stderr_on_dev_full_serves_on(tmp_path: Path, procs: P
     with open("/dev/full", "wb") as full:
         server = subprocess.Popen(command("runmaker") + ["--serve", "--bind", "127.0.0.1", "--port", str(port),
                                                          "--token", str(token), "runs.txt"],
-                                  cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=full, stderr=full)
+                                  cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=full)
     procs.procs.append(server)
 
     def listening() -> bool:
