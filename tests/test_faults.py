@@ -860,3 +860,15 @@ def test_a_huge_timeout_is_never_a_crash(tmp_path: Path, procs: Procs, timeout: 
     assert stderr_lines(err) == []
     assert worker.returncode == 130
     assert states(path) == "d"
+
+
+def test_runwait_with_a_huge_interval_waits(tmp_path: Path, procs: Procs) -> None:
+    """`runwait --interval 1e300` (a sleep beyond any clock) waits, and a
+    signal ends it as usual: no traceback."""
+    write_jobs(tmp_path / "runs.txt", ["true"])
+    waiter = procs.start("runwait", "--interval", "1e300", "runs.txt", cwd=tmp_path)
+    stays(lambda: waiter.poll() is not None, 1.0, "runwait ended while a job was pending")
+    waiter.send_signal(signal.SIGINT)
+    _, err = waiter.communicate(timeout=20)
+    assert stderr_lines(err) == []
+    assert waiter.returncode == 130
