@@ -866,7 +866,9 @@ def test_runwait_with_a_huge_interval_waits(tmp_path: Path, procs: Procs) -> Non
     """`runwait --interval 1e300` (a sleep beyond any clock) waits, and a
     signal ends it as usual: no traceback."""
     write_jobs(tmp_path / "runs.txt", ["true"])
-    waiter = procs.start("runwait", "--interval", "1e300", "runs.txt", cwd=tmp_path)
+    waiter = procs.start("runwait", "--progress", "--interval", "1e300", "runs.txt", cwd=tmp_path)
+    assert waiter.stderr is not None
+    assert read_line(waiter.stderr, 20).startswith(b"progress:")  # its first look is done
     stays(lambda: waiter.poll() is not None, 1.0, "runwait ended while a job was pending")
     waiter.send_signal(signal.SIGINT)
     _, err = waiter.communicate(timeout=20)
