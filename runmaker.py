@@ -10,26 +10,26 @@ server is needed; ``--serve``/``--connect`` offer a TCP mode for hosts
 without a shared file system.
 
 This module owns everything the three commands share: the job-file format,
-the locks, the scheduler, the worker, the records of finished jobs and the
-TCP mode.  ``runset`` and ``runwait`` are thin commands over its public
+the locks, the scheduler, the worker and the records of finished jobs.
+TCP mode lives in runmaker_tcp.py, imported only for ``--serve`` and
+``--connect``.  ``runset`` and ``runwait`` are thin commands over its public
 functions.  The contract (file format, locks, output, exit codes) is SPEC.md.
 """
 
 from __future__ import annotations
 
 import array
-import base64
 import bisect
 import collections
+import contextlib
+import dataclasses
+import enum
 import errno
 import fcntl
-import hashlib
-import hmac
 import json
 import operator
 import os
 import re
-import secrets
 import select
 import signal
 import socket
@@ -37,8 +37,9 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, BinaryIO, Literal, Protocol
 
 import click
 
@@ -48,6 +49,7 @@ __all__ = [
     "APPEND_BYTE",
     "CLICK_CONTEXT",
     "Claim",
+    "IdleReason",
     "JobCounts",
     "JobFile",
     "JobSelection",
@@ -55,10 +57,10 @@ __all__ = [
     "JobWatcher",
     "OneLineErrorCommand",
     "RunmakerError",
+    "RunmakerFailure",
     "SLOT_BASE",
     "STATE_NAMES",
     "Scheduler",
-    "ServerOptions",
     "Worker",
     "WorkerOptions",
     "append_jobs",
@@ -69,12 +71,12 @@ __all__ = [
     "main",
     "progress_cells",
     "progress_line",
-    "run_tcp_client",
     "run_worker",
-    "serve_job_file",
     "set_job_states",
     "short_hostname",
+    "stop_signals_waking",
     "wait_for_jobs",
+    "work_is_over",
 ]
 
 # Lock offsets (SPEC section 3).  Both lie far beyond any real data, so they
@@ -93,7 +95,7 @@ STATE_NAMES = {
 }
 
 # State bytes as the ints that indexing ``bytes`` gives.
-_PENDING, _HIGH, _RUNNING, _DONE, _FAILED, _ERROR, _RETIRED = b".+rd!e-"
+_PENDING, _HIGH, _RUNNING, _DONE, _FAILED, _ERROR = b".+rd!e"
 
 # A job line's first byte may be anything but these: '#' and '/' start
 # comments, white space starts a blank or mistaken line.
@@ -113,6 +115,7 @@ _REFRESH_GAP = 0.1  # seconds between looks for appended lines while busy
 _POLL = 0.5  # seconds between looks while waiting for a cap, barrier or work
 _KILL_GRACE = 5.0  # seconds from SIGTERM to SIGKILL
 _EXIT_SIGNALLED = 130
+_TCP_PORT = 9998  # --port's default; TCP mode itself lives in runmaker_tcp.py
 
 _JOBLOG_HEADER = b"Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
 
@@ -129,6 +132,25 @@ class RunmakerError(click.ClickException):
     """
 
     exit_code = 2
+
+
+class RunmakerFailure(click.ClickException):
+    """A runtime failure (the file system failed under us): one ``Error:`` line, exit status 1."""
+
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def _failing_as_runtime_error(path: str) -> Iterator[None]:
+    """Turn an OSError of the file system into a RunmakerFailure naming ``path``.
+
+    For the public entry points of runset and runwait: a disk that fails or
+    fills under them is one ``Error:`` line, never a traceback.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise RunmakerFailure(f"{path}: {exc.strerror or exc}") from None
 
 
 # --------------------------------------------------------------------------
@@ -229,6 +251,63 @@ def append_to_shared_file(fd: int, record: bytes, *, header: bytes = b"") -> Non
 
 
 # --------------------------------------------------------------------------
+# Job locks (SPEC section 3).  The rules, and the code that carries each:
+#
+#  1. Lock a job's state byte without waiting (a held byte is a job that
+#     runs, maybe for hours) and reread the byte under the lock: the cached
+#     byte may be old, and on NFS taking a lock is what refreshes the page.
+#     Both: _lock_and_reread_job.
+#  2. Decide on the byte reread, never on a cached one: Scheduler._claim
+#     (runnable?), Scheduler._mark_lost_jobs (still 'r'?), _set_unlocked_jobs
+#     (still selected?), _probe_running_jobs (still 'r'?).
+#  3. Write the one byte while holding the lock (a host that holds no lock
+#     may write back whole cached pages over other hosts' bytes):
+#     _write_job_state.
+#  4. fsync, then unlock: another host reads the byte as soon as it wins the
+#     lock, so it must be on the server first: _release_job_locks, and for a
+#     worker's finished jobs the _Committer (group commit off the loop).
+#     A claim's lock is kept for the whole job: 'r' locked = running.
+#  5. A liveness probe is a lock attempt released at once (shared: enough to
+#     conflict with a running job's exclusive lock), never F_GETLK, which
+#     over NFS may answer from stale state: _lock_and_reread_job(...,
+#     exclusive=False) then _release_job_locks; _is_locked_elsewhere (slots).
+# --------------------------------------------------------------------------
+
+# A job line is ``S C``: the state byte, one separator, then the command.
+_COMMAND_SKIP = 2  # from a job's state byte to its command
+
+
+def _lock_and_reread_job(fd: int, offset: int, *, exclusive: bool = True) -> bytes | None:
+    """Rule 1: lock the state byte at ``offset`` without waiting and reread it.
+
+    Returns None when another process (or host) holds the lock; then nothing
+    is locked.  Otherwise the lock is held and the byte reread under it is
+    returned (``b""`` if the file now ends before it); the caller decides,
+    and releases with _release_job_locks (or keeps a claim's lock).
+    """
+    if not _lock_byte(fd, offset, exclusive=exclusive, wait=False):
+        return None
+    try:
+        return os.pread(fd, 1, offset)
+    except BaseException:
+        _unlock_byte(fd, offset)
+        raise
+
+
+def _write_job_state(fd: int, offset: int, state: bytes) -> None:
+    """Rule 3: write one state byte; the caller holds its job lock."""
+    os.pwrite(fd, state, offset)
+
+
+def _release_job_locks(fd: int, offsets: Iterable[int], written: bool) -> None:
+    """Rule 4: make the bytes written durable, then let go of their job locks."""
+    if written:
+        os.fsync(fd)  # before unlocking: over NFS another host reads once it wins the lock
+    for offset in offsets:
+        _unlock_byte(fd, offset)
+
+
+# --------------------------------------------------------------------------
 # Small private helpers
 # --------------------------------------------------------------------------
 
@@ -253,7 +332,7 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _shown(command: bytes) -> str:
+def _shown(command: bytes | bytearray) -> str:
     """A command as the user reads it: undecodable bytes replaced."""
     return command.decode("utf-8", "replace")
 
@@ -383,7 +462,8 @@ class JobFile:
         self._tail: tuple[int, int, int, int, int | None] | None = None
         self._warn = warn
         self._warned: set[int] = set()
-        self._getter: tuple[int, Callable[[bytes], object]] | None = None
+        # itemgetter of every state byte's offset: a tuple of ints, or one int for one job.
+        self._getter: tuple[int, Callable[[bytes], Any]] | None = None
 
     def close(self) -> None:
         os.close(self.fd)
@@ -423,12 +503,12 @@ class JobFile:
             if self._getter is None or self._getter[0] != count:
                 self._getter = (count, operator.itemgetter(*self.offsets))
             got = self._getter[1](data)
-            return bytes(got) if count > 1 else bytes((got,))  # type: ignore[arg-type]
+            return bytes(got) if count > 1 else bytes((got,))
         return bytes(data[self.offsets[i] - base] for i in range(first, len(self.offsets)))
 
     def command(self, index: int) -> bytes:
         """The command of job ``index``, read from the file (it never changes)."""
-        start = self.offsets[index] + 2
+        start = self.offsets[index] + _COMMAND_SKIP
         return os.pread(self.fd, self.ends[index] - start, start)
 
     def index_of_line(self, line: int) -> int | None:
@@ -610,6 +690,25 @@ class _Committer:
                 self._cond.notify_all()
 
 
+class IdleReason(str, enum.Enum):
+    """Why a claim got fewer jobs than asked (``idle_reason`` of a JobSource)."""
+
+    WAITING = "waiting"  # a cap, or a barrier whose jobs above still run: it will clear
+    STALE = "stale"  # a lock was held elsewhere, or the view is old: look again later
+    DONE = "done"  # nothing is left that this process could run
+    BLOCKED = "blocked"  # only jobs that a failure holds back (behind a barrier) are left
+
+
+def work_is_over(reason: IdleReason | None, *, running: bool, follow: bool) -> bool:
+    """The end rule of a worker and of a TCP server (SPEC section 4, "Ending").
+
+    One stops once it runs nothing and its source says nothing is left that
+    it could run (DONE) or only jobs that a failure holds back (BLOCKED).
+    WAITING and STALE keep it going, and so does ``follow``, always.
+    """
+    return not running and not follow and reason in (IdleReason.DONE, IdleReason.BLOCKED)
+
+
 @dataclass(eq=False)
 class Claim:
     """A job this process holds the lock of (and, under a cap, a slot lock)."""
@@ -642,10 +741,8 @@ class Scheduler:
         self.held: dict[int, Claim] = {}
         self.held_slots: set[int] = set()
         self.attempted: set[int] = set()
-        # Why the last claim_jobs call claimed fewer jobs than asked:
-        # None, "waiting" (cap or barrier will clear), "stale" (look again
-        # later), "done" (nothing left) or "blocked" (a barrier above failed).
-        self.idle_reason: str | None = None
+        # Why the last claim_jobs call claimed fewer jobs than asked, or None.
+        self.idle_reason: IdleReason | None = None
         self._high: collections.deque[int] = collections.deque()
         self._normal: collections.deque[int] = collections.deque()
         self._done_prefix = 0
@@ -691,12 +788,11 @@ class Scheduler:
         second has passed (more for a huge file: at most ~5% of the time).
         ``idle`` says the caller runs nothing: then a rescan after our own
         last claim or finish is worth its cost before saying there is nothing
-        left.  ``count`` 0 just keeps the directives current.  Sets
-        ``idle_reason``.
+        left.  Sets ``idle_reason``.
         """
         now = time.monotonic()
         fresh = False
-        if count and now - self._last_rescan >= self._rescan_gap():
+        if now - self._last_rescan >= self._rescan_gap():
             self.rescan()
             fresh = True
         elif now - self._last_refresh >= _REFRESH_GAP:
@@ -713,13 +809,25 @@ class Scheduler:
         self.idle_reason = self._why_idle(fresh) if len(claims) < count else None
         return claims
 
+    def refresh(self) -> None:
+        """Read appended lines (at most every 0.1 s) and adopt a new cap; claim nothing.
+
+        For a worker busy with -j jobs: a cap appended meanwhile counts its
+        running jobs at once.
+        """
+        if time.monotonic() - self._last_refresh >= _REFRESH_GAP:
+            self._refresh()
+        if self.jobfile.max_running is not None:
+            self._adopt_slots()
+        self.idle_reason = None
+
     def finish_job(self, claim: Claim, state: str) -> None:
         """Write a held job's final state byte; ``commit`` then releases it."""
         offset = self.jobfile.offsets[claim.index]
         # A file truncated under us (SPEC: it never is) has no state byte
         # here any more; a write past its end would grow it with NULs.
         if os.pread(self.jobfile.fd, 1, offset):
-            os.pwrite(self.jobfile.fd, state.encode(), offset)
+            _write_job_state(self.jobfile.fd, offset, state.encode())
         self._dirty = True
         self._acted_since_rescan = True
         self.states[claim.index] = ord(state)
@@ -757,7 +865,7 @@ class Scheduler:
         fd, offset, slot, index = self.jobfile.fd, self.jobfile.offsets[claim.index], claim.slot, claim.index
 
         def release() -> None:
-            _unlock_byte(fd, offset)
+            _release_job_locks(fd, (offset,), written=False)  # the committer fsynced
             self._release_slot(slot)
             self._releasing.discard(index)
 
@@ -771,9 +879,9 @@ class Scheduler:
         self._last_identity_check = now
         return self.jobfile.replaced()
 
-    def nothing_left(self) -> str | None:
-        """Without claiming: "done" if no job is left to run, "blocked" if
-        only jobs below a barrier held shut by a failure are, else None.
+    def nothing_left(self) -> IdleReason | None:
+        """Without claiming: DONE if no job is left to run, BLOCKED if only
+        jobs below a barrier held shut by a failure are, else None.
 
         The end rule of a worker, for a TCP server with no client asking.
         Rereads the whole file first.
@@ -788,10 +896,10 @@ class Scheduler:
             if index not in self._releasing and self._runnable(self.states[index], index)
         ]
         if not candidates:
-            return "done"
+            return IdleReason.DONE
         if any(not self._below_open_barrier(index) for index in candidates):
             return None
-        return "blocked" if self._barrier_held_by_failure() else None
+        return IdleReason.BLOCKED if self._barrier_held_by_failure() else None
 
     def describe_block(self) -> str:
         """One line on why pending jobs will not start (for ``blocked``)."""
@@ -829,7 +937,7 @@ class Scheduler:
         self._normal.extend(m.start() for m in pattern.finditer(states, first))
 
     def _runnable(self, state: int, index: int) -> bool:
-        if state == _PENDING or state == _HIGH:
+        if state in (_PENDING, _HIGH):
             return True
         return self.retry and state in (_FAILED, _ERROR) and index not in self.attempted
 
@@ -861,7 +969,7 @@ class Scheduler:
                     claims.append(claim)
         return claims
 
-    def _claim(self, index: int) -> Claim | None | bool:
+    def _claim(self, index: int) -> Claim | None | Literal[False]:
         """Claim one job; None if it is not to be had, False if no slot is free."""
         slot = None
         if self.jobfile.max_running is not None:
@@ -869,24 +977,21 @@ class Scheduler:
             if slot is None:
                 return False
         fd, offset = self.jobfile.fd, self.jobfile.offsets[index]
-        # Non-blocking: a held byte is a job someone else is starting or
-        # running; waiting for it could take hours.
-        if not _lock_byte(fd, offset, exclusive=True, wait=False):
+        current = _lock_and_reread_job(fd, offset)
+        if current is None:
             self._release_slot(slot)
             # Running elsewhere, or only looked at (runset --set, a probe):
             # not a reason to say nothing is left until a rescan tells.
             self._contended = True
             return None
-        # Reread under the lock: the cached byte may be old, and another
-        # worker may have run the job to its end since we looked.
-        current = os.pread(fd, 1, offset)
+        # Another worker may have run the job to its end since we looked.
         state = current[0] if current else _DONE
         if not self._runnable(state, index):
-            _unlock_byte(fd, offset)
+            _release_job_locks(fd, (offset,), written=False)
             self._release_slot(slot)
             self.states[index] = state
             return None
-        os.pwrite(fd, b"r", offset)
+        _write_job_state(fd, offset, b"r")  # fsynced by commit(); the lock stays
         self._dirty = True
         self._acted_since_rescan = True
         self.states[index] = _RUNNING
@@ -956,19 +1061,16 @@ class Scheduler:
         fd, offsets, states = self.jobfile.fd, self.jobfile.offsets, self.states
         index = states.find(b"r")
         while index >= 0:
-            if (
-                index not in self.held
-                and index not in self._releasing
-                and _lock_byte(fd, offsets[index], exclusive=True, wait=False)
-            ):
-                current = os.pread(fd, 1, offsets[index])
-                if current == b"r":
-                    os.pwrite(fd, b"e", offsets[index])
-                    os.fsync(fd)  # before unlock, as for every state change
-                    states[index] = _ERROR
-                elif current:
-                    states[index] = current[0]
-                _unlock_byte(fd, offsets[index])
+            if index not in self.held and index not in self._releasing:
+                current = _lock_and_reread_job(fd, offsets[index])
+                if current is not None:
+                    lost = current == b"r"
+                    if lost:
+                        _write_job_state(fd, offsets[index], b"e")
+                        states[index] = _ERROR
+                    elif current:
+                        states[index] = current[0]
+                    _release_job_locks(fd, (offsets[index],), written=lost)
             index = states.find(b"r", index + 1)
 
     def _advance_done_prefix(self) -> None:
@@ -981,14 +1083,16 @@ class Scheduler:
             return False
         return self._done_prefix < barriers[bisect.bisect_right(barriers, index) - 1]
 
-    def _why_idle(self, fresh: bool) -> str:
+    def _why_idle(self, fresh: bool) -> IdleReason:
         if self.jobfile.shrunk:
-            return "stale"  # not "done": the worker must see replaced() and say so
+            return IdleReason.STALE  # not DONE: the worker must see replaced() and say so
         if self._blocked_by == "cap":
-            return "waiting"
+            return IdleReason.WAITING
         if self._blocked_by == "barrier":
-            return "blocked" if fresh and self._barrier_held_by_failure() else "waiting"
-        return "done" if fresh and not self._contended else "stale"
+            if fresh and self._barrier_held_by_failure():
+                return IdleReason.BLOCKED
+            return IdleReason.WAITING
+        return IdleReason.DONE if fresh and not self._contended else IdleReason.STALE
 
     def _barrier_held_by_failure(self) -> bool:
         """True when a failure above the first closed barrier holds it shut.
@@ -1148,7 +1252,7 @@ class _Records:
 # --------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class WorkerOptions:
     """What a worker does with the jobs it claims (the command's options)."""
 
@@ -1166,34 +1270,200 @@ class WorkerOptions:
     job_file: str = ""  # RUNMAKER_FILE: absolute path of the job file
 
 
-@dataclass(eq=False)
-class _Running:
-    """One attempt of a claimed job, running in its own process group."""
+class _JobProcess:
+    """One attempt of a claimed job: its process group and its output.
 
-    claim: Claim
-    attempt: int
-    local_slot: int
-    pid: int
-    started: float
-    started_mono: float
-    tags: tuple[bytes, bytes]  # console prefixes for stdout and stderr
-    log_tags: tuple[bytes, bytes]
-    streams: dict[int, int]  # pipe fd -> 0 (stdout) or 1 (stderr)
-    partial: list[bytes]
-    tail: collections.deque[bytes] | None
-    files: tuple[int, int] | None  # --logdir LINE.out, LINE.err
-    deadline: float | None
-    kill_at: float | None = None
-    timed_out: bool = False
-    interrupted: bool = False
+    Started with posix_spawn in its own session (so its whole process group
+    can be signalled), stdin ``/dev/null``, stdout and stderr on pipes.  What
+    the pipes bring is written as it comes to the ``--logdir`` files, split
+    into whole lines and tagged: console lines are appended to ``console``
+    (the Worker's buffer, written out by its loop), or, with a shared log,
+    the last lines are kept in ``tail`` for the job's log block.  No line is
+    ever cut by another job's, since only whole lines leave this class.
+    """
+
+    def __init__(
+        self,
+        claim: Claim,
+        attempt: int,
+        local_slot: int,
+        *,
+        env: dict[str, str],
+        host: bytes,
+        files: tuple[int, int] | None,
+        tail: collections.deque[bytes] | None,
+        timeout: float | None,
+        console: list[bytes],
+        notify: Callable[[str], None],
+    ) -> None:
+        """Start the job; raises OSError or ValueError if it cannot be."""
+        self.claim = claim
+        self.attempt = attempt
+        self.local_slot = local_slot
+        self.files = files  # --logdir LINE.out, LINE.err
+        self.tail = tail
+        self._console = console
+        self._notify = notify
+        self.pid = self._spawn(claim.command, env)
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+        self.deadline = self.started_mono + timeout if timeout else None
+        self.kill_at: float | None = None
+        self.timed_out = False
+        self.interrupted = False
+        pid_tag = b"%s,%d" % (host, self.pid)
+        self.pid_tag = pid_tag
+        self._tags = (b"stdout (" + pid_tag + b"): ", b"stderr (" + pid_tag + b"): ")
+        self._log_tags = (b": stdout (" + pid_tag + b"): ", b"! stderr (" + pid_tag + b"): ")
+        self._partial = [b"", b""]
+
+    def _spawn(self, command: bytes, env: dict[str, str]) -> int:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = os.posix_spawn(
+                "/bin/sh",
+                [b"/bin/sh", b"-c", command],
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, out_w, 1),
+                    (os.POSIX_SPAWN_DUP2, err_w, 2),
+                ],
+                setsid=True,  # its own session and process group, to signal it whole
+                # Python ignores SIGPIPE (and SIGXFSZ); a job must not
+                # inherit that, or `yes | head -1` would never end.
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            )
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        for fd in (out_r, err_r):
+            os.set_blocking(fd, False)
+        self.streams = {out_r: 0, err_r: 1}  # pipe fd -> 0 (stdout) or 1 (stderr)
+        return pid
+
+    # -- signals -----------------------------------------------------------
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the job's whole process group."""
+        _signal_group(self.pid, signum)
+
+    def interrupt(self, kill_at: float) -> None:
+        """SIGTERM now, SIGKILL at ``kill_at``; the job ends 'e'."""
+        self.interrupted = True
+        self.kill_at = kill_at
+        self.signal(signal.SIGTERM)
+
+    def enforce_deadlines(self, now: float) -> None:
+        """SIGKILL a stopped job whose grace is over; SIGTERM one past --timeout."""
+        if self.kill_at is not None and now >= self.kill_at:
+            self.signal(signal.SIGKILL)
+            self.kill_at = None
+            self.deadline = None
+        elif self.deadline is not None and now >= self.deadline and not self.timed_out:
+            self.timed_out = True
+            self.deadline = None
+            self.kill_at = now + _KILL_GRACE
+            self.signal(signal.SIGTERM)
+
+    # -- output ------------------------------------------------------------
+
+    def read(self, fd: int, *, until_empty: bool = False) -> bool:
+        """Take what pipe ``fd`` holds (one chunk, or all); True once it is at its end."""
+        stream = self.streams[fd]
+        while True:
+            try:
+                data = os.read(fd, _READ_CHUNK)
+            except BlockingIOError:
+                return False  # a background grandchild still holds the pipe open
+            if not data:
+                return True
+            self._take(stream, data)
+            if not until_empty:
+                return False
+
+    def close_stream(self, fd: int) -> None:
+        """Close pipe ``fd`` (the caller stopped watching it); emit its last partial line."""
+        stream = self.streams.pop(fd)
+        os.close(fd)
+        if self._partial[stream]:
+            rest, self._partial[stream] = self._partial[stream], b""
+            self._emit(stream, [rest])
+
+    def _take(self, stream: int, data: bytes) -> None:
+        if self.files is not None:
+            try:
+                _write_all(self.files[stream], data)
+            except OSError as exc:
+                # Keep the job running and its other records going.
+                self._notify(
+                    f"runmaker: line {self.claim.line}: cannot write to --logdir, "
+                    f"its files are left incomplete: {exc.strerror}"
+                )
+                self.close_files()
+        if self._partial[stream]:
+            data = self._partial[stream] + data
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if len(rest) >= _MAX_LINE:
+            lines.append(rest)  # a line without end: cut it rather than hoard it
+            rest = b""
+        self._partial[stream] = rest
+        if lines:
+            self._emit(stream, lines)
+
+    def _emit(self, stream: int, lines: list[bytes]) -> None:
+        if self.tail is not None:
+            keep = self.tail.maxlen
+            tag = self._log_tags[stream]
+            self.tail.extend(tag + line for line in (lines[-keep:] if keep else lines))
+            return
+        tag = self._tags[stream]
+        self._console.append(tag + (b"\n" + tag).join(lines) + b"\n")
+
+    # -- the end -----------------------------------------------------------
+
+    def close_files(self) -> None:
+        if self.files:
+            for fd in self.files:
+                os.close(fd)
+        self.files = None
+
+    def outcome(self, wait_status: int) -> _Outcome:
+        """How the job ended, from its wait status; the caller read its pipes to the end.
+
+        Background grandchildren of a stopped job go with it; its
+        ``--logdir`` files are closed.
+        """
+        if self.timed_out or self.interrupted:
+            self.signal(signal.SIGKILL)
+        self.close_files()
+        code = os.waitstatus_to_exitcode(wait_status)
+        signum = -code if code < 0 else 0
+        if self.timed_out and not self.interrupted:
+            outcome = _Outcome("!", "timeout", -1, signum)
+        elif code < 0:
+            outcome = _Outcome("!", f"signal {_signal_name(signum)}", 0, signum)
+        else:
+            outcome = _Outcome("d" if code == 0 else "!", f"exit {code}", code, 0)
+        if self.interrupted:
+            outcome.state = "e"
+        return outcome
 
 
 class JobSource(Protocol):
     """Where a Worker's jobs come from: a Scheduler on the job file, or a TCP server."""
 
-    idle_reason: str | None
+    idle_reason: IdleReason | None
 
     def claim_jobs(self, count: int, *, idle: bool = False) -> list[Claim]: ...
+
+    def refresh(self) -> None: ...
 
     def finish_job(self, claim: Claim, state: str) -> None: ...
 
@@ -1249,10 +1519,10 @@ class Worker:
         self._console = console
         self._console_parts: list[bytes] = []
         self._console_broken = False
-        self._running: dict[int, _Running] = {}  # pid -> attempt
+        self._running: dict[int, _JobProcess] = {}  # pid -> attempt
         self._free_slots = list(range(options.jobs))
         self._poller = select.poll()
-        self._watched: dict[int, tuple[_Running, int]] = {}  # pipe fd -> (job, stream)
+        self._watched: dict[int, _JobProcess] = {}  # pipe fd -> its job
         self._signals: list[int] = []
         self._signals_seen = 0
         self._draining = False
@@ -1272,32 +1542,21 @@ class Worker:
 
     def run(self) -> int:
         """Run jobs until nothing is left (or a signal drains); return the exit status."""
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._poller.register(wake_r, select.POLLIN)
-        if self.link is not None:
-            self._poller.register(self.link.fileno(), select.POLLIN)
-        previous_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        previous = {
-            sig: signal.signal(sig, self._on_signal)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        }
-        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _wake_only)
-        try:
-            self._loop(wake_r)
-        except BaseException:
-            # A bug, or a file system failing under us: our job locks go
-            # with this process, so our jobs must not run on unowned
-            # (another worker would call them lost and, with -r, start them
-            # again while they still run).
-            self._stop_jobs_now()
-            raise
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            signal.set_wakeup_fd(previous_wakeup)
-            os.close(wake_r)
-            os.close(wake_w)
-            self._flush_console()
+        with stop_signals_waking(self._on_signal, children=True) as wake_r:
+            self._poller.register(wake_r, select.POLLIN)
+            if self.link is not None:
+                self._poller.register(self.link.fileno(), select.POLLIN)
+            try:
+                self._loop(wake_r)
+            except BaseException:
+                # A bug, or a file system failing under us: our job locks go
+                # with this process, so our jobs must not run on unowned
+                # (another worker would call them lost and, with -r, start them
+                # again while they still run).
+                self._stop_jobs_now()
+                raise
+            finally:
+                self._flush_console()
         if self._signalled:
             return _EXIT_SIGNALLED
         return 1 if self._failures or self._replaced else 0
@@ -1325,7 +1584,7 @@ class Worker:
             elif self._may_claim() and now >= self._next_look:
                 # Busy with -j jobs: still read new lines now and then, so a
                 # cap appended meanwhile counts our running jobs at once.
-                self.source.claim_jobs(0)
+                self.source.refresh()
                 self._next_look = now + _POLL
             self.source.commit()
             for claim in claims:
@@ -1334,8 +1593,9 @@ class Worker:
             if not self._running and not claims:
                 if not self._may_claim():
                     return
-                if self.source.idle_reason in ("done", "blocked") and not self.options.follow:
-                    if self.source.idle_reason == "blocked":
+                reason = self.source.idle_reason
+                if work_is_over(reason, running=False, follow=self.options.follow):
+                    if reason is IdleReason.BLOCKED:
                         self.notify("runmaker: " + self.source.describe_block())
                     return
             timeout = self._next_timeout(now, waiting=self._may_claim())
@@ -1343,8 +1603,7 @@ class Worker:
                 if fd == wake_r:
                     _drain_wakeup(wake_r)
                 elif fd in self._watched:  # not closed earlier in this round
-                    job, stream = self._watched[fd]
-                    self._read_output(job, fd, stream)
+                    self._read_output(self._watched[fd], fd)
             self._flush_console()
 
     def _may_claim(self) -> bool:
@@ -1401,7 +1660,7 @@ class Worker:
     def _stop_jobs_now(self) -> None:
         """SIGKILL every running job's process group and reap it."""
         for job in self._running.values():
-            _signal_group(job.pid, signal.SIGKILL)
+            job.signal(signal.SIGKILL)
         for pid in list(self._running):
             try:
                 os.waitpid(pid, 0)
@@ -1413,74 +1672,39 @@ class Worker:
         """SIGTERM to every job's process group, SIGKILL later; they end 'e'."""
         deadline = time.monotonic() + _KILL_GRACE
         for job in self._running.values():
-            job.interrupted = True
-            job.kill_at = deadline
-            _signal_group(job.pid, signal.SIGTERM)
+            job.interrupt(deadline)
 
     # -- starting and ending jobs -------------------------------------------
 
     def _start(self, claim: Claim, attempt: int, local_slot: int) -> None:
-        command = claim.command
-        quoted = _shown_bytes(command)
+        quoted = _shown_bytes(claim.command)
         if not self.options.quiet:
             self._console_parts.append(b"executing `" + quoted + b"'\n")
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
         env = dict(self._env)
         env["RUNMAKER_LINE"] = str(claim.line)
         env["RUNMAKER_SLOT"] = str(local_slot)
         files = None
         try:
             files = self.records.open_job_files(claim.line, attempt == 1)
-            pid = os.posix_spawn(
-                "/bin/sh",
-                [b"/bin/sh", b"-c", command],
-                env,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, out_w, 1),
-                    (os.POSIX_SPAWN_DUP2, err_w, 2),
-                ],
-                setsid=True,  # its own session and process group, to signal it whole
-                # Python ignores SIGPIPE (and SIGXFSZ); a job must not
-                # inherit that, or `yes | head -1` would never end.
-                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            job = _JobProcess(
+                claim, attempt, local_slot, env=env, host=self._host, files=files,
+                tail=collections.deque(maxlen=self.options.loglines or None)
+                if self.records.log_fd is not None
+                else None,
+                timeout=self.options.timeout, console=self._console_parts, notify=self.notify,
             )
         except (OSError, ValueError) as exc:
-            for fd in (out_r, err_r) + (files or ()):
+            for fd in files or ():
                 os.close(fd)
             reason = getattr(exc, "strerror", None) or str(exc)
             self._could_not_start(claim, attempt, local_slot, reason)
             return
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        now = time.monotonic()
-        pid_tag = b"%s,%d" % (self._host, pid)
-        job = _Running(
-            claim=claim,
-            attempt=attempt,
-            local_slot=local_slot,
-            pid=pid,
-            started=time.time(),
-            started_mono=now,
-            tags=(b"stdout (" + pid_tag + b"): ", b"stderr (" + pid_tag + b"): "),
-            log_tags=(b": stdout (" + pid_tag + b"): ", b"! stderr (" + pid_tag + b"): "),
-            streams={out_r: 0, err_r: 1},
-            partial=[b"", b""],
-            tail=collections.deque(maxlen=self.options.loglines or None)
-            if self.records.log_fd is not None
-            else None,
-            files=files,
-            deadline=now + self.options.timeout if self.options.timeout else None,
-        )
-        self._running[pid] = job
-        for fd in (out_r, err_r):
-            os.set_blocking(fd, False)
+        self._running[job.pid] = job
+        for fd in job.streams:
             self._poller.register(fd, select.POLLIN)
-            self._watched[fd] = (job, job.streams[fd])
+            self._watched[fd] = job
         if not self.options.quiet:
-            self._console_parts.append(b"status (" + pid_tag + b'): forked "' + quoted + b'"\n')
+            self._console_parts.append(b"status (" + job.pid_tag + b'): forked "' + quoted + b'"\n')
 
     def _could_not_start(self, claim: Claim, attempt: int, local_slot: int, reason: str) -> None:
         outcome = _Outcome("e", f"error {reason}", -1, 0)
@@ -1512,41 +1736,17 @@ class Worker:
 
     def _enforce_deadlines(self, now: float) -> None:
         for job in self._running.values():
-            if job.kill_at is not None and now >= job.kill_at:
-                _signal_group(job.pid, signal.SIGKILL)
-                job.kill_at = None
-                job.deadline = None
-            elif job.deadline is not None and now >= job.deadline and not job.timed_out:
-                job.timed_out = True
-                job.deadline = None
-                job.kill_at = now + _KILL_GRACE
-                _signal_group(job.pid, signal.SIGTERM)
+            job.enforce_deadlines(now)
 
-    def _ended(self, job: _Running, wait_status: int) -> None:
+    def _ended(self, job: _JobProcess, wait_status: int) -> None:
         # A job's output ends with its shell: what the pipes hold now is
         # read, then they are closed, so a background process that writes
         # later gets EPIPE instead of writing into records already closed.
-        for fd, stream in list(job.streams.items()):
-            self._read_output(job, fd, stream, until_empty=True)
+        for fd in list(job.streams):
+            self._read_output(job, fd, until_empty=True)
             if fd in job.streams:
-                self._close_stream(job, fd, stream)
-        if job.timed_out or job.interrupted:
-            # Background grandchildren of a stopped job go with it.
-            _signal_group(job.pid, signal.SIGKILL)
-        if job.files:
-            for fd in job.files:
-                os.close(fd)
-            job.files = None
-        code = os.waitstatus_to_exitcode(wait_status)
-        signum = -code if code < 0 else 0
-        if job.timed_out and not job.interrupted:
-            outcome = _Outcome("!", "timeout", -1, signum)
-        elif code < 0:
-            outcome = _Outcome("!", f"signal {_signal_name(signum)}", 0, signum)
-        else:
-            outcome = _Outcome("d" if code == 0 else "!", f"exit {code}", code, 0)
-        if job.interrupted:
-            outcome.state = "e"
+                self._close_stream(job, fd)
+        outcome = job.outcome(wait_status)
         command = job.claim.command
         status = b"status (%s,%d): %s \"%s\"" % (
             self._host,
@@ -1588,60 +1788,14 @@ class Worker:
 
     # -- output ------------------------------------------------------------
 
-    def _read_output(self, job: _Running, fd: int, stream: int, *, until_empty: bool = False) -> None:
-        while True:
-            try:
-                data = os.read(fd, _READ_CHUNK)
-            except BlockingIOError:
-                return  # a background grandchild still holds the pipe open
-            if not data:
-                self._close_stream(job, fd, stream)
-                return
-            self._take_output(job, stream, data)
-            if not until_empty:
-                return
+    def _read_output(self, job: _JobProcess, fd: int, *, until_empty: bool = False) -> None:
+        if job.read(fd, until_empty=until_empty):
+            self._close_stream(job, fd)
 
-    def _close_stream(self, job: _Running, fd: int, stream: int) -> None:
+    def _close_stream(self, job: _JobProcess, fd: int) -> None:
         self._poller.unregister(fd)
         del self._watched[fd]
-        os.close(fd)
-        del job.streams[fd]
-        if job.partial[stream]:
-            rest, job.partial[stream] = job.partial[stream], b""
-            self._emit(job, stream, [rest])
-
-    def _take_output(self, job: _Running, stream: int, data: bytes) -> None:
-        if job.files is not None:
-            try:
-                _write_all(job.files[stream], data)
-            except OSError as exc:
-                # Keep the job running and its other records going.
-                self.notify(
-                    f"runmaker: line {job.claim.line}: cannot write to --logdir, "
-                    f"its files are left incomplete: {exc.strerror}"
-                )
-                for fd in job.files:
-                    os.close(fd)
-                job.files = None
-        if job.partial[stream]:
-            data = job.partial[stream] + data
-        lines = data.split(b"\n")
-        rest = lines.pop()
-        if len(rest) >= _MAX_LINE:
-            lines.append(rest)  # a line without end: cut it rather than hoard it
-            rest = b""
-        job.partial[stream] = rest
-        if lines:
-            self._emit(job, stream, lines)
-
-    def _emit(self, job: _Running, stream: int, lines: list[bytes]) -> None:
-        if job.tail is not None:
-            keep = job.tail.maxlen
-            tag = job.log_tags[stream]
-            job.tail.extend(tag + line for line in (lines[-keep:] if keep else lines))
-            return
-        tag = job.tags[stream]
-        self._console_parts.append(tag + (b"\n" + tag).join(lines) + b"\n")
+        job.close_stream(fd)
 
     def _flush_console(self) -> None:
         if not self._console_parts:
@@ -1663,6 +1817,35 @@ class Worker:
 
 def _wake_only(signum: int, frame: object) -> None:
     """SIGCHLD handler: its only job is the byte on the wakeup pipe."""
+
+
+@contextlib.contextmanager
+def stop_signals_waking(
+    on_signal: Callable[[int, object], None], *, children: bool = False
+) -> Iterator[int]:
+    """Route SIGINT, SIGTERM and SIGHUP to ``on_signal``; yield a self-pipe's read end.
+
+    Every signal (with ``children``, SIGCHLD too) writes a byte to the pipe,
+    so a poll() on its read end wakes for it: the loop then acts on what
+    ``on_signal`` noted.  The handlers and the wakeup fd before are restored
+    on leaving.  Shared by the Worker's and the TCP server's loops.
+    """
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    previous = {
+        sig: signal.signal(sig, on_signal)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    if children:
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _wake_only)
+    try:
+        yield wake_r
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(previous_wakeup)
+        os.close(wake_r)
+        os.close(wake_w)
 
 
 def _drain_wakeup(fd: int) -> None:
@@ -1695,7 +1878,6 @@ def _signal_name(signum: int) -> str:
 # holds its lock, so an 'r' written by hand would look lost at once.
 _SETTABLE = b".+d!e-"
 _JOB_SPEC = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")
-_MAX_RUNNING_ARG = re.compile(r"[0-9]+\Z|none\Z")
 _SUMMARY_ORDER = b"+.rd!e-"
 _UNKNOWN_STATE = re.compile(rb"[^.+rd!e\-]")
 _LIST_CHUNK = 1 << 16  # jobs formatted per piece of runset's output
@@ -1741,52 +1923,55 @@ def list_jobs(
     count the jobs per state instead (``as_json``: one JSON object).  No
     selection means every job.  The file is read once, under the reading
     lock; only ``r`` jobs are probed.  Raises RunmakerError for a bad
-    selection, before anything is yielded.
+    selection, before anything is yielded, and RunmakerFailure when the
+    file system fails under it.
     """
-    wanted, pattern = _compile_selection(path, selection)
-    jobfile = JobFile(path, writable=False, warn=warn)
-    try:
-        check_file_locking(path, fd=jobfile.fd)
-        data, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
-        lost = _probe_running_jobs(jobfile, states, chosen)
-        if summary:
-            yield _summary_text(states, chosen, len(lost), as_json)
-            return
-        lines, offsets, ends = jobfile.lines, jobfile.offsets, jobfile.ends
-        for start in range(0, len(chosen), _LIST_CHUNK):
-            part = chosen[start : start + _LIST_CHUNK]
-            if as_json:
-                yield "".join(
-                    json.dumps(
-                        {
-                            "line": lines[i],
-                            "state": _shown(states[i : i + 1]),
-                            "command": _shown(data[offsets[i] + 2 : ends[i]]),
-                            "lost": i in lost,
-                        }
+    with _failing_as_runtime_error(path):
+        wanted, pattern = _compile_selection(path, selection)
+        jobfile = JobFile(path, writable=False, warn=warn)
+        try:
+            check_file_locking(path, fd=jobfile.fd)
+            data, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
+            lost = _probe_running_jobs(jobfile, states, chosen)
+            if summary:
+                yield _summary_text(states, chosen, len(lost), as_json)
+                return
+            lines, offsets, ends = jobfile.lines, jobfile.offsets, jobfile.ends
+            skip = _COMMAND_SKIP
+            for start in range(0, len(chosen), _LIST_CHUNK):
+                part = chosen[start : start + _LIST_CHUNK]
+                if as_json:
+                    yield "".join(
+                        json.dumps(
+                            {
+                                "line": lines[i],
+                                "state": _shown(states[i : i + 1]),
+                                "command": _shown(data[offsets[i] + skip : ends[i]]),
+                                "lost": i in lost,
+                            }
+                        )
+                        + "\n"
+                        for i in part
                     )
-                    + "\n"
-                    for i in part
-                )
-            else:
-                # Formatted as bytes and decoded once per piece: a million
-                # lines in about a second.
-                yield _shown(
-                    b"".join(
-                        [
-                            b"%d: %c - %s%s\n"
-                            % (
-                                lines[i],
-                                states[i],
-                                data[offsets[i] + 2 : ends[i]],
-                                b" [lost]" if i in lost else b"",
-                            )
-                            for i in part
-                        ]
+                else:
+                    # Formatted as bytes and decoded once per piece: a million
+                    # lines in about a second.
+                    yield _shown(
+                        b"".join(
+                            [
+                                b"%d: %c - %s%s\n"
+                                % (
+                                    lines[i],
+                                    states[i],
+                                    data[offsets[i] + skip : ends[i]],
+                                    b" [lost]" if i in lost else b"",
+                                )
+                                for i in part
+                            ]
+                        )
                     )
-                )
-    finally:
-        jobfile.close()
+        finally:
+            jobfile.close()
 
 
 def set_job_states(
@@ -1810,30 +1995,32 @@ def set_job_states(
     read are not touched.  Locks are held a batch at a time, never waited for.
 
     Raises RunmakerError when ``state`` is ``r`` or no state ``--set`` may
-    write, when nothing is selected, or for a bad selection.
+    write, when nothing is selected, or for a bad selection; RunmakerFailure
+    when the file system fails under it.
     """
-    target = _settable_state(state)
-    if selection.is_empty():
-        raise RunmakerError(
-            f"{path}: --set needs a selection: JOB numbers or ranges, --all, --state or --grep"
-        )
-    wanted, pattern = _compile_selection(path, selection)
-    jobfile = JobFile(path, writable=True, warn=warn)
-    try:
-        check_file_locking(path, fd=jobfile.fd)
-        _, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
-        fd, offsets = jobfile.fd, jobfile.offsets
-        byte = bytes((target,))
-        busy = [index for index in chosen if states[index] != target]
-        for attempt in range(_SET_TRIES):
-            if attempt:
-                time.sleep(_SET_RETRY_PAUSE)
-            busy = _set_unlocked_jobs(fd, offsets, busy, byte, wanted)
-            if not busy:
-                break
-        return [jobfile.lines[index] for index in busy]
-    finally:
-        jobfile.close()
+    with _failing_as_runtime_error(path):
+        target = _settable_state(state)
+        if selection.is_empty():
+            raise RunmakerError(
+                f"{path}: --set needs a selection: JOB numbers or ranges, --all, --state or --grep"
+            )
+        wanted, pattern = _compile_selection(path, selection)
+        jobfile = JobFile(path, writable=True, warn=warn)
+        try:
+            check_file_locking(path, fd=jobfile.fd)
+            _, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
+            fd, offsets = jobfile.fd, jobfile.offsets
+            byte = bytes((target,))
+            busy = [index for index in chosen if states[index] != target]
+            for attempt in range(_SET_TRIES):
+                if attempt:
+                    time.sleep(_SET_RETRY_PAUSE)
+                busy = _set_unlocked_jobs(fd, offsets, busy, byte, wanted)
+                if not busy:
+                    break
+            return [jobfile.lines[index] for index in busy]
+        finally:
+            jobfile.close()
 
 
 def _set_unlocked_jobs(
@@ -1846,23 +2033,24 @@ def _set_unlocked_jobs(
     try:
         for index in chosen:
             offset = offsets[index]
-            if not _lock_byte(fd, offset, exclusive=True, wait=False):
+            current = _lock_and_reread_job(fd, offset)
+            if current is None:
                 busy.append(index)
                 continue
             held.append(offset)
-            current = os.pread(fd, 1, offset)
             # A job chosen by --state may have moved on since the file was
             # read (a failed job rerun by `runmaker -r` and now done): then
             # it is no longer selected.
             selected = wanted is None or (current and current[0] in wanted)
             if selected and current and current != byte:
-                os.pwrite(fd, byte, offset)
+                _write_job_state(fd, offset, byte)
                 written = True
             if len(held) >= _SET_BATCH:
-                _release_written_jobs(fd, held, written)
+                _release_job_locks(fd, held, written)
+                held.clear()
                 written = False
     finally:
-        _release_written_jobs(fd, held, written)
+        _release_job_locks(fd, held, written)
     return busy
 
 
@@ -1871,7 +2059,7 @@ def append_jobs(
     commands: Iterable[bytes] = (),
     *,
     high: bool = False,
-    max_running: int | str | None = None,
+    max_running: int | Literal["none"] | None = None,
     barrier: bool = False,
 ) -> int:
     """Append directives and new jobs to the job file at ``path`` as one record.
@@ -1885,39 +2073,36 @@ def append_jobs(
     other processes or hosts never tear its lines.  Returns the number of
     jobs appended.
 
-    Raises RunmakerError for an empty command, one with a line break in it,
-    or a ``max_running`` that is neither a whole number nor ``"none"``.
+    Raises RunmakerError for an empty command or one with a line break in
+    it; RunmakerFailure when the file system fails under it (a full disk).
     """
-    state = b"+ " if high else b". "
-    parts: list[bytes] = []
-    if max_running is not None:
-        if not _MAX_RUNNING_ARG.match(str(max_running)):
-            raise RunmakerError(
-                f"{path}: max-running takes a whole number or 'none', not {max_running!r}"
-            )
-        parts.append(b"#runmaker max-running %s\n" % str(max_running).encode())
-    if barrier:
-        parts.append(b"#runmaker barrier\n")
-    count = 0
-    for command in commands:
-        command = command.rstrip(_TRAILING_SPACE)
-        if not command:
-            raise RunmakerError(f"{path}: cannot add an empty command")
-        if b"\n" in command or b"\r" in command:
-            raise RunmakerError(
-                f"{path}: a command must fit on one line: {_shown(command)!r}"
-            )
-        parts.append(state + command + b"\n")
-        count += 1
-    if not parts:
-        return 0
-    fd = _open_job_file(path, writable=True)
-    try:
-        check_file_locking(path, fd=fd)
-        append_to_shared_file(fd, b"".join(parts))
-    finally:
-        os.close(fd)
-    return count
+    with _failing_as_runtime_error(path):
+        state = b"+ " if high else b". "
+        parts: list[bytes] = []
+        if max_running is not None:
+            parts.append(b"#runmaker max-running %s\n" % str(max_running).encode())
+        if barrier:
+            parts.append(b"#runmaker barrier\n")
+        count = 0
+        for command in commands:
+            command = command.rstrip(_TRAILING_SPACE)
+            if not command:
+                raise RunmakerError(f"{path}: cannot add an empty command")
+            if b"\n" in command or b"\r" in command:
+                raise RunmakerError(
+                    f"{path}: a command must fit on one line: {_shown(command)!r}"
+                )
+            parts.append(state + command + b"\n")
+            count += 1
+        if not parts:
+            return 0
+        fd = _open_job_file(path, writable=True)
+        try:
+            check_file_locking(path, fd=fd)
+            append_to_shared_file(fd, b"".join(parts))
+        finally:
+            os.close(fd)
+        return count
 
 
 @dataclass
@@ -2041,35 +2226,37 @@ def wait_for_jobs(
     the first look.  Lost jobs count as errors and are not waited for.
     Returns the last look, with its unsuccessful jobs named; when
     ``timeout`` seconds pass first, with ``timed_out`` set.  Raises
-    RunmakerError as JobWatcher.look does.
+    RunmakerError as JobWatcher.look does, and RunmakerFailure when the
+    file system fails under it.
     """
-    watcher = JobWatcher(path, warn=warn)
-    try:
-        check_file_locking(path, fd=watcher.jobfile.fd)
-        started = time.monotonic()
-        first_processed: int | None = None
-        while True:
-            counts = watcher.look()
-            now = time.monotonic()
-            counts.elapsed = now - started
-            if first_processed is None:
-                first_processed = counts.processed
-            finished_since = counts.processed - first_processed
-            if finished_since > 0 and counts.elapsed > 0:
-                counts.eta = (counts.pending + counts.running) * counts.elapsed / finished_since
-            counts.timed_out = (
-                not counts.finished and timeout is not None and counts.elapsed >= timeout
-            )
-            if counts.finished or counts.timed_out:
-                counts.unsuccessful = watcher.name_unsuccessful_jobs()
-            if progress is not None:
-                progress(counts)
-            if counts.finished or counts.timed_out:
-                return counts
-            pause = interval if timeout is None else min(interval, timeout - counts.elapsed)
-            time.sleep(max(pause, 0.0))
-    finally:
-        watcher.close()
+    with _failing_as_runtime_error(path):
+        watcher = JobWatcher(path, warn=warn)
+        try:
+            check_file_locking(path, fd=watcher.jobfile.fd)
+            started = time.monotonic()
+            first_processed: int | None = None
+            while True:
+                counts = watcher.look()
+                now = time.monotonic()
+                counts.elapsed = now - started
+                if first_processed is None:
+                    first_processed = counts.processed
+                finished_since = counts.processed - first_processed
+                if finished_since > 0 and counts.elapsed > 0:
+                    counts.eta = (counts.pending + counts.running) * counts.elapsed / finished_since
+                counts.timed_out = (
+                    not counts.finished and timeout is not None and counts.elapsed >= timeout
+                )
+                if counts.finished or counts.timed_out:
+                    counts.unsuccessful = watcher.name_unsuccessful_jobs()
+                if progress is not None:
+                    progress(counts)
+                if counts.finished or counts.timed_out:
+                    return counts
+                pause = interval if timeout is None else min(interval, timeout - counts.elapsed)
+                time.sleep(max(pause, 0.0))
+        finally:
+            watcher.close()
 
 
 def progress_cells(counts: JobCounts, width: int = _PROGRESS_CELLS) -> str:
@@ -2157,8 +2344,8 @@ def _read_selection(
         keep = set(wanted)
         chosen = [i for i in chosen if states[i] in keep]
     if pattern is not None:
-        offsets, ends = jobfile.offsets, jobfile.ends
-        chosen = [i for i in chosen if pattern.search(_shown(data[offsets[i] + 2 : ends[i]]))]
+        offsets, ends, skip = jobfile.offsets, jobfile.ends, _COMMAND_SKIP
+        chosen = [i for i in chosen if pattern.search(_shown(data[offsets[i] + skip : ends[i]]))]
     return data, states, chosen
 
 
@@ -2211,26 +2398,15 @@ def _probe_running_jobs(jobfile: JobFile, states: bytearray, chosen: Sequence[in
     lost = set()
     for index in running:
         offset = offsets[index]
-        if not _lock_byte(fd, offset, exclusive=False, wait=False):
+        current = _lock_and_reread_job(fd, offset, exclusive=False)
+        if current is None:
             continue  # held: the job is live
-        try:
-            current = os.pread(fd, 1, offset)
-        finally:
-            _unlock_byte(fd, offset)
+        _release_job_locks(fd, (offset,), written=False)
         if current == b"r":
             lost.add(index)
         elif current:
             states[index] = current[0]
     return lost
-
-
-def _release_written_jobs(fd: int, held: list[int], written: bool) -> None:
-    """Make the bytes written durable, then let go of their job locks."""
-    if written:
-        os.fsync(fd)  # before unlocking: over NFS another host reads once it wins the lock
-    for offset in held:
-        _unlock_byte(fd, offset)
-    held.clear()
 
 
 def _summary_text(states: bytearray, chosen: Sequence[int], lost: int, as_json: bool) -> str:
@@ -2265,1360 +2441,6 @@ def _line_ranges(lines: array.array[int], indexes: list[int]) -> str:
 
 
 # --------------------------------------------------------------------------
-# ---- TCP mode: a server for hosts without a shared file system
-# --------------------------------------------------------------------------
-#
-# ``runmaker --serve FILE`` opens the job file with the same JobFile and
-# Scheduler as a worker and claims jobs on behalf of its clients, so order,
-# caps, barriers, --retry and lost jobs all hold, and runset and runwait on
-# the server's host see the clients' jobs as the server's locked 'r' bytes.
-# ``runmaker --connect HOST`` runs them with the same Worker as file mode:
-# a _RemoteSource stands in for the Scheduler.
-#
-# The wire: one JSON object per line, a line at most _MAX_MESSAGE bytes
-# (_MAX_GREETING before authentication).  The handshake proves the token
-# both ways before any command or state crosses:
-#
-#   server: {"runmaker": 1, "nonce": NS}
-#   client: {"nonce": NC, "proof": HMAC(token, "client" NS NC), "host": H, "jobs": J}
-#   server: {"proof": HMAC(token, "server" NS NC), "file": PATH, "host": H}
-#           or {"denied": WHY}, and it hangs up
-#
-# Both nonces are fresh random bytes and each direction has its own label,
-# so neither a recorded nor a reflected proof passes.  From then on every
-# line is "MAC JSON", the MAC an HMAC under a session key drawn from the
-# token and both nonces, over the direction, the line's sequence number and
-# the JSON: a line injected, replayed, reordered or reflected by someone
-# without the token is refused.  There is no encryption (see the README).
-#
-#   client: claim {n, done}   done {done}   ping   bye
-#   server: jobs {jobs}       end {block}   stop   ping   bye
-#
-# ``done`` lists [line, state] of jobs the client finished; each ``claim``
-# is answered at once by one ``jobs`` with up to n [line, base64 command];
-# ``end`` says nothing is left (the same rule as a worker's), ``stop`` that
-# the server was signalled twice.  Either side pings after _HEARTBEAT
-# seconds of sending nothing and gives up a peer silent for longer than its
-# deadline; the server never waits on any one peer.
-#
-# Reconnecting: a client that loses its server stops its running jobs (they
-# end 'e', as the server marks them) and connects again only once none is
-# left, so no job of the old connection runs beside the new one's.  The
-# server, in turn, holds a lost connection's jobs locked before it marks
-# them 'e': _LOST_RELEASE seconds when the client hung up,
-# _LOST_RELEASE_UNHEARD when the server hung up (the client may learn it
-# only at its own silence deadline), none after _SERVER_SILENCE: by then
-# the client, if alive, has stopped them, so nobody (with --retry) starts
-# one of them again while it still runs.
-
-_TCP_PORT = 9998
-_PROTOCOL = 1
-_TOKEN_FILE = "~/.runmaker.token"
-_TOKEN_BYTES = 16  # 128 random bits
-_NONCE_BYTES = 32
-_MAX_GREETING = 4096  # bytes of a line before authentication
-_MAX_WELCOME = 64 << 10  # the server's welcome: its proof, host name and job file path
-_MAX_MESSAGE = 1 << 20  # bytes of a line after it
-_MAX_COMMAND = 128 << 10  # Linux's exec refuses a longer argument (MAX_ARG_STRLEN)
-_MAX_ENCODED_JOB = (_MAX_COMMAND + 2) // 3 * 4 + 32  # one [line, base64] in a jobs line
-_MAX_BACKLOG = 4 * _MAX_MESSAGE  # unsent bytes kept for a peer that does not read
-_RECEIVE_BUDGET = 1 << 18  # bytes read from one peer per turn of the loop
-_MAX_PEERS = 512
-_MAX_STRANGERS = 64  # connections not yet authenticated
-_MAX_CLAIM = 1024  # jobs asked for at once
-_AUTH_DEADLINE = 10.0  # seconds a new connection has to authenticate
-_HEARTBEAT = 5.0  # a ping after this long without sending anything
-_CLIENT_SILENCE = 15.0  # a client gives up a server silent this long
-# The server gives up a silent client only once it has surely stopped its
-# jobs: after its own deadline and the grace of the kill.
-_SERVER_SILENCE = _CLIENT_SILENCE + _KILL_GRACE + 5.0
-# A client that hung up (or whose host reset the connection) knows it is
-# gone and stops its jobs within the grace of the kill.
-_LOST_RELEASE = _HEARTBEAT + _KILL_GRACE + 2.0
-# One the server hangs up on may hear of it only at its own silence deadline.
-_LOST_RELEASE_UNHEARD = _CLIENT_SILENCE + _KILL_GRACE + 2.0
-_GOODBYE = 2.0  # seconds spent delivering last words before hanging up
-_GIVE_UP = 60.0  # a client stops trying to reach its server after this long
-_BACKOFF_FIRST = 0.5
-_BACKOFF_MAX = 8.0
-
-
-class _PeerError(Exception):
-    """The peer broke the protocol; the message says how, after its address."""
-
-
-class _ConnectionGone(_PeerError):
-    """The connection itself ended: closed, reset or timed out."""
-
-
-class _ServerGone(click.ClickException):
-    """A client found no server for longer than it waits: one ``Error:`` line, exit status 1."""
-
-    exit_code = 1
-
-
-class _Interrupted(Exception):
-    """A stop signal arrived while a client was (re)connecting."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise _Interrupted(signum)
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
-
-
-def _peer_name(address: tuple[object, ...]) -> str:
-    """``host:port`` as a user writes it; IPv4 peers of a dual-stack socket unmapped."""
-    host, port = str(address[0]), address[1]
-    if host.startswith("::ffff:") and "." in host:
-        host = host[7:]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _is_hex(value: object, size: int) -> bool:
-    if not isinstance(value, str) or len(value) != 2 * size:
-        return False
-    return re.fullmatch(r"[0-9a-f]*", value) is not None
-
-
-def _proof(token: bytes, side: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
-    """What ``side`` sends to show it knows the token (nonces have a fixed size)."""
-    message = b"runmaker " + side + b" proof\0" + server_nonce + client_nonce
-    return hmac.new(token, message, hashlib.sha256).digest()
-
-
-def _session_key(token: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
-    message = b"runmaker session\0" + server_nonce + client_nonce
-    return hmac.new(token, message, hashlib.sha256).digest()
-
-
-def _tune(sock: socket.socket) -> None:
-    # Claims and answers are small and wait for each other: without
-    # TCP_NODELAY, Nagle's algorithm and delayed ACKs add 40 ms to each.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-
-
-class _Channel:
-    """One connection's messages: bounded JSON lines, signed once authenticated."""
-
-    def __init__(self, sock: socket.socket, name: str) -> None:
-        self.sock = sock
-        self.name = name
-        self.last_received = self.last_sent = time.monotonic()
-        self._in = bytearray()
-        self._out = bytearray()
-        self._eof = False
-        self._limit = _MAX_GREETING
-        self._key: bytes | None = None
-        self._labels = (b"", b"")  # sending, receiving
-        self._numbers = [0, 0]
-
-    def expect_line_of(self, limit: int) -> None:
-        """Accept a next line of up to ``limit`` bytes."""
-        self._limit = limit
-
-    def secure(self, key: bytes, *, server: bool) -> None:
-        """Sign every later line sent and check every later line received."""
-        self._key = key
-        self._labels = (b"server\0", b"client\0") if server else (b"client\0", b"server\0")
-        self._limit = _MAX_MESSAGE
-
-    def _signature(self, direction: int, data: bytes) -> bytes:
-        assert self._key is not None
-        number = self._numbers[direction]
-        self._numbers[direction] = number + 1
-        signed = self._labels[direction] + number.to_bytes(8, "big") + data
-        return hmac.new(self._key, signed, hashlib.sha256).hexdigest().encode()
-
-    @property
-    def sending(self) -> bool:
-        return bool(self._out)
-
-    def send(self, message: dict[str, object]) -> None:
-        """Queue one message; ``flush`` hands it to the kernel."""
-        data = json.dumps(message, separators=(",", ":")).encode()
-        if self._key is not None:
-            data = self._signature(0, data) + b" " + data
-        if len(self._out) + len(data) >= _MAX_BACKLOG:
-            raise _PeerError("does not read what it is sent")
-        self._out += data + b"\n"
-        self.last_sent = time.monotonic()
-
-    def flush(self) -> None:
-        """Send what the kernel takes now; the rest waits for the next call."""
-        while self._out:
-            try:
-                sent = self.sock.send(self._out)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                raise _ConnectionGone(_reason(exc)) from None
-            del self._out[:sent]
-
-    def receive(self) -> None:
-        """Take what has arrived, up to a budget, so one peer cannot hold up others."""
-        taken = 0
-        while taken < _RECEIVE_BUDGET and not self._eof:
-            try:
-                chunk = self.sock.recv(_READ_CHUNK)
-            except BlockingIOError:
-                return
-            except OSError as exc:  # reset, or the handshake's timeout
-                raise _ConnectionGone(_reason(exc)) from None
-            if not chunk:
-                self._eof = True
-                return
-            self._in += chunk
-            taken += len(chunk)
-            self.last_received = time.monotonic()
-            if self.sock.gettimeout() != 0.0:
-                return  # a blocking socket (the client's handshake): one read
-
-    def next_message(self) -> dict[str, object] | None:
-        """The next whole message received, or None; raises _PeerError for a bad one."""
-        end = self._in.find(b"\n", 0, self._limit + 1)
-        if end < 0:
-            if len(self._in) > self._limit:
-                raise _PeerError(f"sent a line longer than {self._limit} bytes")
-            return None
-        line = bytes(self._in[:end])
-        del self._in[: end + 1]
-        if self._key is not None:
-            signature, _, line = line.partition(b" ")
-            if not hmac.compare_digest(signature, self._signature(1, line)):
-                raise _PeerError("sent a line with a wrong signature")
-        try:
-            message = json.loads(line)
-        except (ValueError, RecursionError):
-            raise _PeerError("sent a malformed line") from None
-        if not isinstance(message, dict):
-            raise _PeerError("sent a malformed line")
-        return message
-
-    def raise_if_closed(self) -> None:
-        """Once every whole message is taken: raise _ConnectionGone if the peer hung up."""
-        if self._eof:
-            raise _ConnectionGone("connection closed")
-
-    def finish_sending(self) -> None:
-        """Send the end of the stream once every message is sent.
-
-        Hanging up on a peer whose data we have not read makes the kernel
-        send a reset, which may destroy our last message before the peer
-        reads it; so the server says it is done, and waits for the peer to
-        hang up first (``discard_input``).
-        """
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def discard_input(self) -> bool:
-        """Read and drop what has arrived (up to a budget); True once the peer has hung up."""
-        for _ in range(_RECEIVE_BUDGET // _READ_CHUNK):
-            try:
-                if not self.sock.recv(_READ_CHUNK):
-                    return True
-            except BlockingIOError:
-                return False
-            except OSError:
-                return True
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-# -- tokens and addresses ---------------------------------------------------
-
-
-def _read_token(value: str) -> tuple[str, str]:
-    """The token of ``--token``: the value itself, or the contents of a file.
-
-    Returns the token and where it came from, for the server's first line.
-    A value with a slash in it is a path (tokens made here are hex).
-    """
-    if os.path.isfile(value) or os.sep in value:
-        try:
-            with open(value, encoding="utf-8") as f:
-                token = f.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            why = getattr(exc, "strerror", None) or "not a text file"
-            raise RunmakerError(f"{value}: cannot read the token: {why}") from None
-        if not token or "\n" in token:
-            raise RunmakerError(f"{value}: a token file holds one token on one line")
-        return token, f"read from {value}"
-    if not value.strip():
-        raise RunmakerError("--token: the token is empty")
-    return value, "given with --token"
-
-
-def _make_token_file() -> tuple[str, str]:
-    """A new random token, written to ~/.runmaker.token (mode 0600)."""
-    token = secrets.token_hex(_TOKEN_BYTES)
-    path = os.path.expanduser(_TOKEN_FILE)
-    try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(path, flags, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # an older file may have been readable by others
-            _write_all(fd, token.encode() + b"\n")
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise RunmakerError(f"{path}: cannot write the token: {_reason(exc)}") from None
-    return token, f"written to {path}"
-
-
-def _client_token(value: str | None) -> str:
-    """The client's token: ``--token``, or else the token file this user's server wrote."""
-    if value is not None:
-        return _read_token(value)[0]
-    path = os.path.expanduser(_TOKEN_FILE)
-    if not os.path.isfile(path):
-        raise click.UsageError("--connect needs --token TOKEN|FILE (the server printed it)")
-    return _read_token(path)[0]
-
-
-def _split_address(address: str, port: int) -> tuple[str, int]:
-    """HOST, HOST:PORT, [IPV6]:PORT or a bare IPv6 address, and the port to use."""
-    host, port_text = address, None
-    if address.startswith("["):
-        host, bracket, rest = address[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise RunmakerError(f"{address}: not HOST[:PORT]")
-        port_text = rest[1:] if rest else None
-    elif address.count(":") == 1:
-        host, port_text = address.split(":")
-    if port_text is not None:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise RunmakerError(f"{address}: the port must be a number from 1 to 65535")
-        port = int(port_text)
-    if not host or port == 0:
-        raise RunmakerError(f"{address}: not HOST[:PORT] (with a port from 1 to 65535)")
-    return host, port
-
-
-def _listen(bind: str | None, port: int) -> socket.socket:
-    """The server's listening socket: every interface (IPv6 and IPv4), or ``bind``."""
-    try:
-        if bind is None:
-            if socket.has_dualstack_ipv6():
-                try:
-                    sock = socket.create_server(
-                        ("::", port), family=socket.AF_INET6, dualstack_ipv6=True
-                    )
-                except OSError as exc:
-                    if exc.errno == errno.EADDRINUSE:
-                        raise
-                    sock = socket.create_server(("0.0.0.0", port))  # IPv6 switched off
-            else:
-                sock = socket.create_server(("0.0.0.0", port))
-        else:
-            family, _, _, _, address = socket.getaddrinfo(
-                bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            sock = socket.create_server(address, family=family)
-    except OSError as exc:
-        where = bind or "every interface"
-        raise RunmakerError(f"cannot listen on {where}, port {port}: {_reason(exc)}") from None
-    sock.setblocking(False)
-    return sock
-
-
-# -- the server ------------------------------------------------------------
-
-
-@dataclass
-class ServerOptions:
-    """How ``runmaker --serve`` listens and hands out the jobs of its file."""
-
-    bind: str | None = None  # None: every interface
-    port: int = _TCP_PORT  # 0: any free port (it is announced)
-    token: str | None = None  # a token or a file holding one; None: a new one in ~/.runmaker.token
-    retry: bool = False
-    follow: bool = False
-
-
-@dataclass(eq=False)
-class _Peer:
-    """One connection to the server, and the jobs it runs."""
-
-    channel: _Channel
-    nonce: bytes
-    deadline: float  # to authenticate by (or, closing, to be gone by)
-    host: str | None = None  # the client's host name, once authenticated
-    claims: dict[int, Claim] = field(default_factory=dict)  # by line number
-    closing: bool = False  # its last message is queued: hang up once it is sent
-    shut: bool = False  # the last message is sent: wait for the peer to hang up
-    events: int = 0
-
-    @property
-    def label(self) -> str:
-        return f"{self.channel.name} ({self.host})" if self.host else self.channel.name
-
-
-class _Server:
-    """The server's loop: one thread, one poll, never waiting on any one peer."""
-
-    def __init__(
-        self,
-        scheduler: Scheduler,
-        listener: socket.socket,
-        token: str,
-        options: ServerOptions,
-        notify: Callable[[str], None],
-    ) -> None:
-        self._scheduler = scheduler
-        self._listener = listener
-        self._token = token.encode()
-        self._options = options
-        self._notify = notify
-        self._path = os.path.abspath(scheduler.jobfile.path)
-        self._poller = select.poll()
-        self._peers: dict[int, _Peer] = {}  # socket fd -> peer
-        self._lost: list[tuple[float, list[Claim]]] = []  # release time, claims
-        self._signals: list[int] = []
-        self._signals_seen = 0
-        self._stop_deadline: float | None = None
-        self._accept_again: float | None = None
-        self._failures = 0
-        self._replaced = False
-        self._nothing_left: str | None = None  # "done" or "blocked", once seen idle
-        self._block = ""
-        self._next_look = 0.0
-
-    def run(self) -> int:
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._poller.register(wake_r, select.POLLIN)
-        self._poller.register(self._listener.fileno(), select.POLLIN)
-        previous_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        previous = {
-            sig: signal.signal(sig, self._on_signal)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        }
-        try:
-            self._loop(wake_r)
-            self._say_goodbye(wake_r)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            signal.set_wakeup_fd(previous_wakeup)
-            for peer in self._peers.values():
-                peer.channel.close()
-            os.close(wake_r)
-            os.close(wake_w)
-        if self._signals_seen:
-            return _EXIT_SIGNALLED
-        return 1 if self._failures or self._replaced else 0
-
-    def _loop(self, wake_r: int) -> None:
-        listener = self._listener.fileno()
-        while True:
-            self._handle_signals()
-            now = time.monotonic()
-            wake_at = self._keep_time(now)
-            self._scheduler.commit()
-            if self._is_over(now):
-                return
-            for peer in list(self._peers.values()):
-                self._update(peer)
-            timeout = max(0.0, min(wake_at, now + _POLL) - now)
-            for fd, events in self._poller.poll(timeout * 1000):
-                if fd == wake_r:
-                    _drain_wakeup(wake_r)
-                elif fd == listener:
-                    self._accept()
-                elif fd in self._peers:  # not dropped earlier in this round
-                    self._serve(self._peers[fd], events)
-            self._scheduler.commit()
-
-    # -- signals -----------------------------------------------------------
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self._signals.append(signum)
-
-    def _handle_signals(self) -> None:
-        while self._signals:
-            name = _signal_name(self._signals.pop(0))
-            self._signals_seen += 1
-            running = len(self._scheduler.held)
-            if self._signals_seen == 1:
-                self._notify(
-                    f"runmaker: {name}: draining, handing out no more jobs; {running} still "
-                    "running on clients (a second signal stops them)"
-                )
-            elif self._signals_seen == 2:
-                self._notify(f"runmaker: {name}: stopping {running} running jobs")
-                for peer in self._clients():
-                    self._send(peer, {"t": "stop"})
-                self._stop_deadline = time.monotonic() + _KILL_GRACE + _HEARTBEAT
-
-    # -- time --------------------------------------------------------------
-
-    def _keep_time(self, now: float) -> float:
-        """Drop late and silent peers, ping quiet ones, release lost jobs; return when next."""
-        wake_at = now + _POLL
-        for peer in list(self._peers.values()):
-            channel = peer.channel
-            if peer.host is None or peer.closing:
-                if now >= peer.deadline:
-                    late = "did not hang up after its last message" if peer.closing else (
-                        f"no authentication within {_AUTH_DEADLINE:g} s"
-                    )
-                    self._drop(peer, late)
-                    continue
-                wake_at = min(wake_at, peer.deadline)
-            elif now - channel.last_received >= _SERVER_SILENCE:
-                self._drop(peer, f"silent for {_SERVER_SILENCE:g} s", silent=True)
-                continue
-            else:
-                if now - channel.last_sent >= _HEARTBEAT:
-                    self._send(peer, {"t": "ping"})
-                wake_at = min(
-                    wake_at, channel.last_sent + _HEARTBEAT, channel.last_received + _SERVER_SILENCE
-                )
-        if self._lost:
-            due = [claims for moment, claims in self._lost if moment <= now]
-            self._lost = [(moment, claims) for moment, claims in self._lost if moment > now]
-            for claims in due:
-                self._mark_errors(claims)
-            for moment, _ in self._lost:
-                wake_at = min(wake_at, moment)
-        if self._accept_again is not None:
-            if now >= self._accept_again:
-                self._accept_again = None
-                self._poller.register(self._listener.fileno(), select.POLLIN)
-            else:
-                wake_at = min(wake_at, self._accept_again)
-        return wake_at
-
-    def _mark_errors(self, claims: list[Claim]) -> None:
-        for claim in claims:
-            self._scheduler.finish_job(claim, "e")
-        self._failures += len(claims)
-
-    def _is_over(self, now: float) -> bool:
-        """The end rule: nothing is held, and nothing is left, or a signal or a replaced file."""
-        if self._scheduler.held:
-            if self._stop_deadline is not None and now >= self._stop_deadline:
-                self._notify("runmaker: clients did not stop their jobs in time; marking them e")
-                for peer in self._peers.values():
-                    self._mark_errors(list(peer.claims.values()))
-                    peer.claims.clear()
-                for _, claims in self._lost:
-                    self._mark_errors(claims)
-                self._lost.clear()
-                self._scheduler.commit()
-                return True
-            return False
-        if self._signals_seen or self._replaced or self._nothing_left:
-            return True
-        if self._options.follow or any(peer.host for peer in self._peers.values()):
-            return False  # clients that ask find out whether anything is left
-        if now < self._next_look:
-            return False
-        # Nobody asks: look for anything left to run, as seldom as a worker would.
-        ended = self._scheduler.nothing_left()
-        self._next_look = time.monotonic() + max(_POLL, 20 * (time.monotonic() - now))
-        if ended:
-            self._nothing_left = ended
-            if ended == "blocked":
-                self._block = self._scheduler.describe_block()
-        return ended is not None
-
-    # -- peers -------------------------------------------------------------
-
-    def _clients(self) -> list[_Peer]:
-        return [peer for peer in self._peers.values() if peer.host and not peer.closing]
-
-    def _accept(self) -> None:
-        for _ in range(64):  # then let the others have their turn
-            try:
-                sock, address = self._listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                # Out of descriptors, say: the listener stays readable, so
-                # stop listening for a moment rather than spin.
-                self._notify(f"runmaker: cannot accept a connection: {_reason(exc)}")
-                self._poller.unregister(self._listener.fileno())
-                self._accept_again = time.monotonic() + 1.0
-                return
-            name = _peer_name(address)
-            if len(self._peers) >= _MAX_PEERS:
-                self._notify(f"runmaker: {name}: refused: already {_MAX_PEERS} connections")
-                sock.close()
-                continue
-            # Strangers get a small share, so a flood of them cannot keep
-            # real clients (reconnecting after a network fault) out.
-            if sum(peer.host is None for peer in self._peers.values()) >= _MAX_STRANGERS:
-                self._notify(f"runmaker: {name}: refused: {_MAX_STRANGERS} connections still authenticating")
-                sock.close()
-                continue
-            sock.setblocking(False)
-            _tune(sock)
-            nonce = secrets.token_bytes(_NONCE_BYTES)
-            peer = _Peer(_Channel(sock, name), nonce, time.monotonic() + _AUTH_DEADLINE)
-            self._peers[sock.fileno()] = peer
-            self._poller.register(sock.fileno(), select.POLLIN)
-            peer.events = select.POLLIN
-            self._notify(f"runmaker: connection from {name}")
-            self._send(peer, {"runmaker": _PROTOCOL, "nonce": nonce.hex()})
-
-    def _send(self, peer: _Peer, message: dict[str, object]) -> None:
-        try:
-            peer.channel.send(message)
-        except _PeerError as exc:
-            self._drop(peer, str(exc), hung_up=isinstance(exc, _ConnectionGone))
-
-    def _update(self, peer: _Peer) -> None:
-        """Send what the peer can take, then (closing) the end of the stream; watch for input."""
-        if peer.channel.sock.fileno() not in self._peers:
-            return  # dropped
-        try:
-            peer.channel.flush()
-        except _PeerError as exc:
-            if peer.closing:
-                self._forget(peer)  # it left first: nothing was lost
-            else:
-                self._drop(peer, str(exc), hung_up=isinstance(exc, _ConnectionGone))
-            return
-        if peer.closing and not peer.channel.sending and not peer.shut:
-            peer.channel.finish_sending()
-            peer.shut = True
-        events = select.POLLIN | (select.POLLOUT if peer.channel.sending else 0)
-        if events != peer.events:
-            self._poller.modify(peer.channel.sock.fileno(), events)
-            peer.events = events
-
-    def _serve(self, peer: _Peer, events: int) -> None:
-        if peer.closing:
-            # What it says now no longer counts; once it hangs up, so do we.
-            if events & ~select.POLLOUT and peer.channel.discard_input():
-                self._forget(peer)
-            else:
-                self._update(peer)
-            return
-        try:
-            if events & ~select.POLLOUT:  # data, a hang-up or an error: recv tells which
-                peer.channel.receive()
-                while not peer.closing:
-                    message = peer.channel.next_message()
-                    if message is None:
-                        peer.channel.raise_if_closed()
-                        break
-                    self._handle(peer, message)
-        except _PeerError as exc:
-            self._drop(peer, str(exc), hung_up=isinstance(exc, _ConnectionGone))
-            return
-        self._update(peer)
-
-    def _forget(self, peer: _Peer) -> None:
-        fd = peer.channel.sock.fileno()
-        self._poller.unregister(fd)
-        del self._peers[fd]
-        peer.channel.close()
-
-    def _drop(self, peer: _Peer, why: str, *, silent: bool = False, hung_up: bool = False) -> None:
-        """Hang up on a peer; its jobs end 'e' once it has surely stopped them.
-
-        A client that hung up knows it is gone and stops its jobs within
-        the grace of the kill (``_LOST_RELEASE``).  One we hang up on may
-        not hear of it (a network that fails one way) until its own silence
-        deadline (``_LOST_RELEASE_UNHEARD``); one silent for
-        ``_SERVER_SILENCE`` has passed that already.
-        """
-        if peer.channel.sock.fileno() not in self._peers:
-            return
-        self._forget(peer)
-        claims = list(peer.claims.values())
-        peer.claims.clear()
-        if not claims:
-            self._notify(f"runmaker: {peer.label}: dropped ({why})")
-            return
-        delay = 0.0 if silent else _LOST_RELEASE if hung_up else _LOST_RELEASE_UNHEARD
-        self._lost.append((time.monotonic() + delay, claims))
-        lines = ", ".join(str(claim.line) for claim in claims[:10])
-        lines += ", ..." if len(claims) > 10 else ""
-        when = f" in {delay:g} s, once it has surely stopped them" if delay else ""
-        self._notify(
-            f"runmaker: {peer.label}: dropped ({why}); its {len(claims)} running "
-            f"jobs (line {lines}) end 'e'{when}"
-        )
-
-    # -- messages ------------------------------------------------------------
-
-    def _handle(self, peer: _Peer, message: dict[str, object]) -> None:
-        if peer.host is None:
-            self._authenticate(peer, message)
-            return
-        kind = message.get("t")
-        if kind == "claim":
-            count = message.get("n")
-            if not isinstance(count, int) or not 0 < count <= _MAX_CLAIM:
-                raise _PeerError("sent a malformed claim")
-            self._take_states(peer, message.get("done"))
-            self._hand_out(peer, count)
-        elif kind == "done":
-            self._take_states(peer, message.get("done"))
-        elif kind == "bye":
-            if peer.claims:
-                raise _PeerError("said goodbye while it held jobs")
-            self._notify(f"runmaker: {peer.label}: client left")
-            peer.channel.send({"t": "bye"})
-            peer.closing = True
-            peer.deadline = time.monotonic() + _GOODBYE
-        elif kind != "ping":
-            raise _PeerError("sent an unknown message")
-
-    def _authenticate(self, peer: _Peer, message: dict[str, object]) -> None:
-        nonce, proof, host = message.get("nonce"), message.get("proof"), message.get("host")
-        if not (
-            _is_hex(nonce, _NONCE_BYTES)
-            and _is_hex(proof, hashlib.sha256().digest_size)
-            and isinstance(host, str)
-            and 0 < len(host) <= 255
-            and host.isprintable()
-            and isinstance(message.get("jobs"), int)
-        ):
-            raise _PeerError("sent a malformed greeting")
-        client_nonce = bytes.fromhex(str(nonce))
-        expected = _proof(self._token, b"client", peer.nonce, client_nonce)
-        if not hmac.compare_digest(bytes.fromhex(str(proof)), expected):
-            self._notify(f"runmaker: {peer.label}: authentication failed (wrong token)")
-            peer.channel.send({"denied": "wrong token"})
-            peer.closing = True
-            peer.deadline = time.monotonic() + _GOODBYE
-            return
-        peer.channel.send({
-            "proof": _proof(self._token, b"server", peer.nonce, client_nonce).hex(),
-            "file": self._path,
-            "host": short_hostname(),
-        })
-        peer.channel.secure(_session_key(self._token, peer.nonce, client_nonce), server=True)
-        peer.host = host
-        self._notify(f"runmaker: {peer.label}: authenticated, runs up to {message['jobs']} jobs")
-
-    def _take_states(self, peer: _Peer, done: object) -> None:
-        """Write the final states a client reports, through the scheduler."""
-        if done is None:
-            return
-        if not isinstance(done, list):
-            raise _PeerError("sent malformed job states")
-        for entry in done:
-            if not (
-                isinstance(entry, list)
-                and len(entry) == 2
-                and isinstance(entry[0], int)
-                and entry[1] in ("d", "!", "e")
-            ):
-                raise _PeerError("sent malformed job states")
-            claim = peer.claims.pop(entry[0], None)
-            if claim is None:
-                raise _PeerError(f"reported line {entry[0]}, which it does not run")
-            self._scheduler.finish_job(claim, entry[1])
-            if entry[1] != "d":
-                self._failures += 1
-
-    def _hand_out(self, peer: _Peer, count: int) -> None:
-        """Answer a claim: up to ``count`` jobs claimed for ``peer``, perhaps none."""
-        jobs: list[list[object]] = []
-        if not (self._signals_seen or self._replaced or self._nothing_left):
-            if self._scheduler.replaced():
-                self._replaced = True
-                self._notify(
-                    f"runmaker: {self._path}: the file was replaced or shrunk under this "
-                    f"server; handing out no more jobs, {len(self._scheduler.held)} still running"
-                )
-            else:
-                jobs = self._claim_for(peer, count)
-        peer.channel.send({"t": "jobs", "jobs": jobs})
-
-    def _claim_for(self, peer: _Peer, count: int) -> list[list[object]]:
-        jobs: list[list[object]] = []
-        room = _MAX_MESSAGE - _MAX_GREETING
-        scheduler = self._scheduler
-        while len(jobs) < count and room >= _MAX_ENCODED_JOB:
-            want = min(count - len(jobs), room // _MAX_ENCODED_JOB)
-            claims = scheduler.claim_jobs(want, idle=not scheduler.held)
-            for claim in claims:
-                if len(claim.command) > _MAX_COMMAND:
-                    self._notify(
-                        f"runmaker: {self._path}:{claim.line}: the command is longer than "
-                        f"{_MAX_COMMAND} bytes, more than exec takes; it ends 'e'"
-                    )
-                    self._mark_errors([claim])
-                    continue
-                peer.claims[claim.line] = claim
-                encoded = base64.b64encode(claim.command).decode("ascii")
-                jobs.append([claim.line, encoded])
-                room -= len(encoded) + 32
-            if len(claims) < want:
-                reason = scheduler.idle_reason
-                if reason in ("done", "blocked") and not (scheduler.held or self._options.follow):
-                    self._nothing_left = reason
-                    if reason == "blocked":
-                        self._block = scheduler.describe_block()
-                break
-        return jobs
-
-    def _say_goodbye(self, wake_r: int) -> None:
-        """Tell every client to end, and give the words a moment to reach them."""
-        if self._accept_again is None:
-            self._poller.unregister(self._listener.fileno())
-        if self._block:
-            self._notify("runmaker: " + self._block)
-        clients = self._clients()
-        why = "signalled" if self._signals_seen else (
-            "the job file was replaced" if self._replaced else "nothing left to run"
-        )
-        whom = "1 client" if len(clients) == 1 else f"{len(clients)} clients"
-        self._notify(f"runmaker: {why}; telling {whom} to end")
-        for peer in list(self._peers.values()):
-            if peer in clients:
-                self._send(peer, {"t": "end", "block": self._block or None})
-                peer.closing = True
-                self._update(peer)
-            elif not peer.closing:
-                self._forget(peer)  # not authenticated: nothing to tell it
-        deadline = time.monotonic() + _GOODBYE
-        while self._peers and time.monotonic() < deadline:
-            for fd, events in self._poller.poll(50):
-                if fd == wake_r:
-                    _drain_wakeup(wake_r)
-                elif fd in self._peers:
-                    self._serve(self._peers[fd], events)
-
-
-# -- the client ------------------------------------------------------------
-
-
-class _RemoteSource:
-    """Stands in for the Scheduler in a TCP client's Worker: the server claims.
-
-    As the Worker's JobSource it asks the server for jobs and reports their
-    final states; as its Link it is watched by the Worker's loop, which calls
-    ``commit`` whenever data arrives or a heartbeat is due, and stops every
-    running job once ``broken`` says the server is gone or stops them.
-    """
-
-    def __init__(self, channel: _Channel) -> None:
-        self.channel = channel
-        self.idle_reason: str | None = None
-        self.ended = False  # the server said nothing is left
-        self.gone: str | None = None  # why the connection is lost
-        self.succeeded = False
-        self.unrecorded: list[int] = []  # lines done here the server may not know of
-        self._stop = False
-        self._block = ""
-        self._done: list[list[object]] = []  # final states not sent yet
-        self._unconfirmed: list[list[object]] = []  # sent, not yet answered
-        self._held: set[int] = set()
-        self._awaiting = ""  # the answer a blocking call waits for
-        self._quiet_until = 0.0
-        self._poller = select.poll()
-        self._poller.register(channel.sock.fileno(), select.POLLIN)
-
-    # -- the JobSource ---------------------------------------------------------
-
-    def claim_jobs(self, count: int, *, idle: bool = False) -> list[Claim]:
-        """Ask the server for up to ``count`` jobs and wait for its answer."""
-        self._serve()
-        if count <= 0:
-            return []  # a worker's look for new lines: the server's business here
-        if self.gone or self.ended or self._stop:
-            self.idle_reason = ("blocked" if self._block else "done") if self.ended else "waiting"
-            return []
-        now = time.monotonic()
-        if now < self._quiet_until:
-            return []  # it had nothing a moment ago; the Worker looks again soon
-        try:
-            self._send({"t": "claim", "n": min(count, _MAX_CLAIM), "done": self._take_done()})
-            answer = self._wait_for("jobs")
-            claims = self._claims_from(answer, count) if answer is not None else []
-        except _PeerError as exc:
-            self._lose(str(exc))
-            claims = []
-        if len(claims) < count:
-            self.idle_reason = ("blocked" if self._block else "done") if self.ended else "waiting"
-            self._quiet_until = now + _REFRESH_GAP
-        else:
-            self.idle_reason = None
-        return claims
-
-    def finish_job(self, claim: Claim, state: str) -> None:
-        self._held.discard(claim.line)
-        if state == "d":
-            self.succeeded = True
-        if self.gone is None:
-            self._done.append([claim.line, state])
-        elif state == "d":
-            self.unrecorded.append(claim.line)
-
-    def commit(self) -> None:
-        """Send finished jobs' states, read what came, keep the connection alive."""
-        self._serve()
-
-    def replaced(self) -> bool:
-        return False
-
-    def describe_block(self) -> str:
-        return self._block
-
-    # -- the Link ----------------------------------------------------------
-
-    def fileno(self) -> int:
-        return self.channel.sock.fileno()
-
-    def timeout(self, now: float) -> float | None:
-        if self.gone or self._stop:
-            return 0.0  # the worker is to act on broken() at once
-        if self._done or self.channel.sending:
-            return 0.0 if self._done else 0.05
-        channel = self.channel
-        moment = min(channel.last_sent + _HEARTBEAT, channel.last_received + _CLIENT_SILENCE)
-        return max(0.0, moment - now)
-
-    def broken(self) -> str | None:
-        if self._stop:
-            return f"{self.channel.name}: the server stops every job"
-        return f"lost the connection to {self.channel.name} ({self.gone})" if self.gone else None
-
-    # -- the connection ------------------------------------------------------
-
-    def close(self) -> None:
-        """Report the last states and say goodbye (unless lost or ended); hang up."""
-        try:
-            if self.gone is None and not self.ended:
-                if self._done:
-                    self._send({"t": "done", "done": self._take_done()})
-                self._send({"t": "bye"})
-                self._wait_for("bye")  # or "end": the server took every state either way
-                self._unconfirmed.clear()
-        except _PeerError as exc:
-            self._lose(str(exc))
-        finally:
-            self._lose_unconfirmed()
-            self.channel.close()
-
-    def _serve(self) -> None:
-        if self.gone:
-            return
-        try:
-            if self._done:
-                self._send({"t": "done", "done": self._take_done()})
-            if time.monotonic() - self.channel.last_sent >= _HEARTBEAT:
-                self._send({"t": "ping"})
-            self.channel.flush()
-            self.channel.receive()
-            self._read()
-            self.channel.raise_if_closed()
-            if time.monotonic() - self.channel.last_received >= _CLIENT_SILENCE:
-                raise _ConnectionGone(f"the server was silent for {_CLIENT_SILENCE:g} s")
-        except _PeerError as exc:
-            self._lose(str(exc))
-
-    def _send(self, message: dict[str, object]) -> None:
-        self.channel.send(message)
-        self.channel.flush()
-
-    def _take_done(self) -> list[list[object]]:
-        done, self._done = self._done, []
-        self._unconfirmed += done
-        return done
-
-    def _read(self) -> dict[str, object] | None:
-        """Act on every message received; return the answer awaited, if it came."""
-        answer = None
-        while (message := self.channel.next_message()) is not None:
-            kind = message.get("t")
-            if kind == self._awaiting and answer is None:
-                answer = message
-                self._awaiting = ""
-                self._unconfirmed.clear()  # the server took them before it answered
-            elif kind == "end":
-                self.ended = True
-                block = message.get("block")
-                self._block = block if isinstance(block, str) else ""
-            elif kind == "stop":
-                self._stop = True
-            elif kind != "ping":
-                raise _PeerError("sent an unexpected message")
-        return answer
-
-    def _wait_for(self, kind: str) -> dict[str, object] | None:
-        """Wait for the server's answer (None if it ended first); raises _PeerError."""
-        self._awaiting = kind
-        try:
-            while True:
-                self.channel.flush()
-                self.channel.receive()
-                answer = self._read()
-                if answer is not None:
-                    return answer
-                if self.ended:
-                    return None
-                self.channel.raise_if_closed()
-                now = time.monotonic()
-                left = self.channel.last_received + _CLIENT_SILENCE - now
-                if left <= 0:
-                    raise _ConnectionGone(f"no answer from the server for {_CLIENT_SILENCE:g} s")
-                if now - self.channel.last_sent >= _HEARTBEAT:
-                    self.channel.send({"t": "ping"})
-                wait = min(left, _HEARTBEAT, 0.05 if self.channel.sending else left)
-                self._poller.poll(wait * 1000)
-        finally:
-            self._awaiting = ""
-
-    def _claims_from(self, answer: dict[str, object], count: int) -> list[Claim]:
-        jobs = answer.get("jobs")
-        if not isinstance(jobs, list) or len(jobs) > count:
-            raise _PeerError("sent a malformed answer")
-        claims = []
-        for entry in jobs:
-            if not (
-                isinstance(entry, list)
-                and len(entry) == 2
-                and isinstance(entry[0], int)
-                and isinstance(entry[1], str)
-                and entry[0] not in self._held
-            ):
-                raise _PeerError("sent a malformed answer")
-            try:
-                command = base64.b64decode(entry[1], validate=True)
-            except ValueError:
-                raise _PeerError("sent a malformed answer") from None
-            self._held.add(entry[0])
-            claims.append(Claim(entry[0], entry[0], command))
-        return claims
-
-    def _lose(self, why: str) -> None:
-        if self.gone is None:
-            self.gone = why
-            self._lose_unconfirmed()
-
-    def _lose_unconfirmed(self) -> None:
-        # States sent but not answered may not have reached the server: it
-        # marks those jobs 'e' with the rest of the connection's.  A server
-        # that ended had taken every state (it ends only when it holds none).
-        if self.ended:
-            self._unconfirmed.clear()
-        for line, state in self._unconfirmed + self._done:
-            if state == "d":
-                self.unrecorded.append(int(line))  # type: ignore[call-overload]
-        self._unconfirmed.clear()
-        self._done.clear()
-
-
-def _connect_to_server(
-    host: str, port: int, token: str, options: WorkerOptions
-) -> tuple[_Channel, dict[str, object]]:
-    """Connect and authenticate both ways; return the channel and the server's welcome.
-
-    Raises OSError or _ConnectionGone when worth trying again later, and
-    RunmakerError when not: a wrong token, or no runmaker server there.
-    """
-    name = _peer_name((host, port))
-    sock = socket.create_connection((host, port), timeout=_AUTH_DEADLINE)
-    authenticated = False
-    try:
-        _tune(sock)
-        channel = _Channel(sock, name)
-        deadline = time.monotonic() + _AUTH_DEADLINE
-        try:
-            hello = _receive_one(channel, deadline)
-            nonce = hello.get("nonce")
-            if hello.get("runmaker") != _PROTOCOL or not _is_hex(nonce, _NONCE_BYTES):
-                raise _PeerError("sent a greeting of another protocol or version")
-            server_nonce = bytes.fromhex(str(nonce))
-            client_nonce = secrets.token_bytes(_NONCE_BYTES)
-            secret = token.encode()
-            channel.send({
-                "nonce": client_nonce.hex(),
-                "proof": _proof(secret, b"client", server_nonce, client_nonce).hex(),
-                "host": options.host,
-                "jobs": options.jobs,
-            })
-            channel.flush()
-            # The welcome names the job file: a long path, JSON-escaped,
-            # may be far longer than a greeting.
-            channel.expect_line_of(_MAX_WELCOME)
-            welcome = _receive_one(channel, deadline)
-        except _ConnectionGone:
-            raise
-        except _PeerError as exc:
-            raise RunmakerError(f"{name}: not a runmaker server: it {exc}") from None
-        if "denied" in welcome:
-            raise RunmakerError(
-                f"{name}: the server refused the token; give the one it printed (or its token file)"
-            )
-        proof = welcome.get("proof")
-        if not _is_hex(proof, hashlib.sha256().digest_size) or not hmac.compare_digest(
-            bytes.fromhex(str(proof)), _proof(secret, b"server", server_nonce, client_nonce)
-        ):
-            raise RunmakerError(
-                f"{name}: the server could not prove it knows the token; running nothing from it"
-            )
-        if not isinstance(welcome.get("file"), str):
-            raise RunmakerError(f"{name}: not a runmaker server: it sent a malformed welcome")
-        channel.secure(_session_key(secret, server_nonce, client_nonce), server=False)
-        sock.setblocking(False)
-        authenticated = True
-        return channel, welcome
-    finally:
-        if not authenticated:
-            sock.close()
-
-
-def _receive_one(channel: _Channel, deadline: float) -> dict[str, object]:
-    while True:
-        message = channel.next_message()
-        if message is not None:
-            return message
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise _ConnectionGone(f"no greeting within {_AUTH_DEADLINE:g} s")
-        channel.sock.settimeout(left)
-        channel.receive()
-
-
-class _TcpClient:
-    """Runs the jobs of a server, connecting again when the connection is lost."""
-
-    def __init__(self, host: str, port: int, token: str, options: WorkerOptions, records: _Records,
-                 console: BinaryIO, notify: Callable[[str], None]) -> None:
-        self.host, self.port, self.token = host, port, token
-        self.name = _peer_name((host, port))
-        self.options = options
-        self.records = records
-        self.console = console
-        self.notify = notify
-
-    def run(self) -> int:
-        status = 0
-        delay = _BACKOFF_FIRST
-        unreachable_since: float | None = None
-        first = True
-        while True:
-            try:
-                channel, welcome = _connect_to_server(
-                    self.host, self.port, self.token, self.options
-                )
-            except socket.gaierror as exc:
-                if first:
-                    raise RunmakerError(f"{self.name}: {_reason(exc)}") from None
-                why = _reason(exc)
-            except (OSError, _ConnectionGone) as exc:
-                why = _reason(exc) if isinstance(exc, OSError) else str(exc)
-            else:
-                first = False
-                unreachable_since = None
-                connected = time.monotonic()
-                remote = _RemoteSource(channel)
-                code = self._run_jobs(remote, welcome)
-                if code == _EXIT_SIGNALLED:
-                    return code
-                status = max(status, code)
-                if remote.gone is None or remote.ended:
-                    return status
-                if self.options.one_only and remote.succeeded:
-                    return status
-                if time.monotonic() - connected > _CLIENT_SILENCE:
-                    delay = _BACKOFF_FIRST  # it had worked for a while: not a loop
-                why = remote.gone
-            now = time.monotonic()
-            if unreachable_since is None:
-                unreachable_since = now
-            elif now - unreachable_since >= _GIVE_UP:
-                raise _ServerGone(
-                    f"{self.name}: no runmaker server to be reached for {_GIVE_UP:g} s "
-                    f"({why}); giving up"
-                )
-            self.notify(f"runmaker: {self.name}: {why}; trying again in {delay:g} s")
-            time.sleep(delay)
-            delay = min(2 * delay, _BACKOFF_MAX)
-
-    def _run_jobs(self, remote: _RemoteSource, welcome: dict[str, object]) -> int:
-        self.options.job_file = str(welcome["file"])
-        self.notify(f"runmaker: connected to {self.name}, serving {self.options.job_file}")
-        try:
-            worker = Worker(remote, self.options, self.records, console=self.console,
-                            notify=self.notify, link=remote)
-            code = worker.run()
-        finally:
-            remote.close()
-        if remote.unrecorded:
-            lines = ", ".join(map(str, remote.unrecorded))
-            self.notify(
-                f"runmaker: {self.name}: the connection was lost before the server recorded "
-                f"line {lines} as done; there it ends 'e'"
-            )
-            code = max(code, 1)
-        return code
-
-
-def _stop_signals_raise() -> dict[int, object]:
-    return {
-        sig: signal.signal(sig, _raise_interrupted)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    }
-
-
-@dataclass
-class _TcpCommand:
-    """The TCP options of ``main``, checked against the rest."""
-
-    serve: bool
-    connect: str | None
-    bind: str | None
-    port: int
-    token: str | None
-
-    @classmethod
-    def pop_from(cls, opts: dict[str, object]) -> _TcpCommand:
-        tcp = cls(
-            serve=bool(opts.pop("serve")),
-            connect=opts.pop("connect"),  # type: ignore[arg-type]
-            bind=opts.pop("bind"),  # type: ignore[arg-type]
-            port=opts.pop("port"),  # type: ignore[arg-type]
-            token=opts.pop("token"),  # type: ignore[arg-type]
-        )
-        given = _given_options()
-        if tcp.serve and tcp.connect:
-            raise click.UsageError("--serve and --connect exclude each other")
-        if tcp.serve:
-            wrong = given & {"jobs", "logfile", "loglines", "one_only", "logdir", "joblog",
-                             "timeout", "retries", "quiet"}
-            if wrong:
-                raise click.UsageError(
-                    f"{_flags(wrong)}: --serve runs no jobs itself; "
-                    "give these to its clients (--connect)"
-                )
-        elif tcp.connect:
-            wrong = given & {"retry", "follow", "bind"}
-            if wrong:
-                raise click.UsageError(
-                    f"{_flags(wrong)}: an option of the server (--serve), not of a client"
-                )
-        else:
-            wrong = given & {"bind", "port", "token"}
-            if wrong:
-                raise click.UsageError(f"{_flags(wrong)}: only with --serve or --connect")
-        return tcp
-
-    def run(self, file: str | None, options: WorkerOptions, *, retry: bool,
-            console: BinaryIO, notify: Callable[[str], None]) -> int:
-        if self.connect:
-            if file:
-                raise click.UsageError("--connect takes no FILE: the server has it")
-            return run_tcp_client(self.connect, options, token=_client_token(self.token),
-                                  port=self.port, console=console, notify=notify)
-        server = ServerOptions(bind=self.bind, port=self.port, token=self.token,
-                               retry=retry, follow=options.follow)
-        return serve_job_file(str(file), server, console=console, notify=notify)
-
-
-def _given_options() -> set[str]:
-    """The names of the options given on the command line (not left at their default)."""
-    ctx = click.get_current_context()
-    return {
-        name for name in ctx.params
-        if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
-    }
-
-
-def _flags(names: set[str]) -> str:
-    return ", ".join("--" + name.replace("_", "-") for name in sorted(names))
-
-
-def serve_job_file(
-    path: str, options: ServerOptions, *, console: BinaryIO, notify: Callable[[str], None]
-) -> int:
-    """Serve the jobs of the job file at ``path`` to TCP clients; return the exit status.
-
-    Claims jobs for clients (``run_tcp_client``) with the same scheduler and
-    locks as a worker, so runset and runwait work on this host unchanged.
-    Writes ``Token for clients: TOKEN (...)`` to ``console``, and a line
-    through ``notify`` for each connection, authentication failure and
-    dropped peer.  Ends, telling its clients to end, when nothing is left
-    to run (not with ``options.follow``); a first signal drains, a second
-    stops the clients' jobs.  Exit status as a worker's.
-
-    Raises RunmakerError for a bad job file, token or address, before the
-    job file is touched.
-    """
-    jobfile = JobFile(path, warn=notify)
-    try:
-        check_file_locking(path, fd=jobfile.fd)
-        if _writable_by_others(jobfile.fd):
-            notify(f"Warning: {path}: other users can write this file, and its lines run on clients")
-        if options.token is not None:
-            token, origin = _read_token(options.token)
-        else:
-            token, origin = _make_token_file()
-        listener = _listen(options.bind, options.port)
-        try:
-            scheduler = Scheduler(jobfile, retry=options.retry)
-            try:
-                server = _Server(scheduler, listener, token, options, notify)
-                console.write(f"Token for clients: {token} ({origin})\n".encode())
-                console.flush()
-                port = listener.getsockname()[1]
-                notify(
-                    f"runmaker: serving {os.path.abspath(path)} on port {port} "
-                    f"of {options.bind or 'every interface'}"
-                )
-                return server.run()
-            finally:
-                scheduler.close()
-        finally:
-            listener.close()
-    finally:
-        jobfile.close()
-
-
-def run_tcp_client(
-    address: str,
-    options: WorkerOptions,
-    *,
-    token: str,
-    port: int = _TCP_PORT,
-    console: BinaryIO,
-    notify: Callable[[str], None],
-) -> int:
-    """Run jobs of the ``runmaker --serve`` at ``address`` (HOST[:PORT]); return the exit status.
-
-    The jobs run as a worker's would (same console, records and signals),
-    with RUNMAKER_FILE the path on the server.  A lost connection stops the
-    running jobs (they end 'e'), then the client connects again, backing
-    off, and gives up after a minute without a server.
-
-    Raises RunmakerError for a bad address, a wrong token or a peer that is
-    no runmaker server; a click.ClickException of exit status 1 on giving up.
-    """
-    host, port = _split_address(address, port)
-    records = _Records(options, None)
-    previous = _stop_signals_raise()
-    try:
-        return _TcpClient(host, port, token, options, records, console, notify).run()
-    except _Interrupted as exc:
-        notify(f"runmaker: {_signal_name(exc.signum)}: stopped while connecting")
-        return _EXIT_SIGNALLED
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
-        records.close()
-
-
-# --------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------
 
@@ -3640,7 +2462,7 @@ def run_worker(
     jobfile = JobFile(path, warn=notify)
     try:
         check_file_locking(path, fd=jobfile.fd)
-        options.job_file = os.path.abspath(path)
+        options = dataclasses.replace(options, job_file=os.path.abspath(path))
         records = _Records(options, jobfile.identity)
         for fd, name, what in (
             (jobfile.fd, path, "its lines run as you"),
@@ -3665,6 +2487,77 @@ def run_worker(
 # The command
 # --------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class _TcpCommand:
+    """The TCP options of ``main``, checked against the rest."""
+
+    serve: bool
+    connect: str | None
+    bind: str | None
+    port: int
+    token: str | None
+    timings: str | None  # the hidden --tcp-timings: NAME=SECONDS,... (for tests)
+
+    def check(self, given: set[str]) -> None:
+        """Refuse options that do not go with the mode (``given``: the options given)."""
+        tcp = self
+        if tcp.serve and tcp.connect:
+            raise click.UsageError("--serve and --connect exclude each other")
+        if tcp.serve:
+            wrong = given & {"jobs", "logfile", "loglines", "one_only", "logdir", "joblog",
+                             "timeout", "retries", "quiet"}
+            if wrong:
+                raise click.UsageError(
+                    f"{_flags(wrong)}: --serve runs no jobs itself; "
+                    "give these to its clients (--connect)"
+                )
+        elif tcp.connect:
+            wrong = given & {"retry", "follow", "bind"}
+            if wrong:
+                raise click.UsageError(
+                    f"{_flags(wrong)}: an option of the server (--serve), not of a client"
+                )
+        else:
+            wrong = given & {"bind", "port", "token"}
+            if wrong:
+                raise click.UsageError(f"{_flags(wrong)}: only with --serve or --connect")
+
+    def run(self, file: str | None, options: WorkerOptions, *, retry: bool,
+            console: BinaryIO, notify: Callable[[str], None]) -> int:
+        # Imported here: file mode needs only this module and click.
+        import runmaker_tcp
+
+        try:
+            timings = runmaker_tcp.TcpTimings.from_text(self.timings or "")
+        except (TypeError, ValueError) as exc:
+            raise click.UsageError(f"--tcp-timings: {exc}") from None
+        if self.connect:
+            if file:
+                raise click.UsageError("--connect takes no FILE: the server has it")
+            return runmaker_tcp.run_tcp_client(
+                self.connect, options, token=self.token, port=self.port,
+                console=console, notify=notify, timings=timings,
+            )
+        server = runmaker_tcp.ServerOptions(bind=self.bind, port=self.port, token=self.token,
+                                            retry=retry, follow=options.follow)
+        return runmaker_tcp.serve_job_file(str(file), server, console=console, notify=notify,
+                                           timings=timings)
+
+
+def _given_options() -> set[str]:
+    """The names of the options given on the command line (not left at their default)."""
+    ctx = click.get_current_context()
+    return {
+        name for name in ctx.params
+        if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+    }
+
+
+def _flags(names: set[str]) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in sorted(names))
+
+
+
 CLICK_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -3684,7 +2577,7 @@ class OneLineErrorCommand(click.Command):
     def main(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
         kwargs["standalone_mode"] = False
         try:
-            code = super().main(*args, **kwargs)  # type: ignore[arg-type]
+            code = super().main(*args, **kwargs)  # type: ignore[call-overload]
         except click.ClickException as exc:
             program = kwargs.get("prog_name") or os.path.basename(sys.argv[0]) or self.name
             hint = f" (see '{program} --help')" if isinstance(exc, click.UsageError) else ""
@@ -3697,17 +2590,19 @@ class OneLineErrorCommand(click.Command):
 
 
 @click.command(cls=OneLineErrorCommand, context_settings=CLICK_CONTEXT)
-@click.argument("file", required=False)
+@click.argument("file", required=False, type=click.Path())
 @click.option("-j", "--jobs", type=click.IntRange(min=0), default=1, show_default=True,
               help="Jobs run at once by this worker; 0 = the CPUs this process may use.")
 @click.option("-r", "--retry", is_flag=True, help="Also run failed (!) and error (e) jobs, once each.")
-@click.option("-l", "--logfile", metavar="FILE",
+@click.option("-l", "--logfile", type=click.Path(), metavar="FILE",
               help="Append each finished job's block (last -n lines) to this shared log.")
 @click.option("-n", "--loglines", type=click.IntRange(min=0), default=3, show_default=True,
               help="Lines of a job kept in its log block, its status line included; 0 = all.")
 @click.option("-1", "--one-only", is_flag=True, help="Claim nothing more once one job succeeded.")
-@click.option("--logdir", metavar="DIR", help="Write every job's output to DIR/LINE.out and DIR/LINE.err.")
-@click.option("--joblog", metavar="FILE", help="Append a GNU parallel job log row per finished job.")
+@click.option("--logdir", type=click.Path(), metavar="DIR",
+              help="Write every job's output to DIR/LINE.out and DIR/LINE.err.")
+@click.option("--joblog", type=click.Path(), metavar="FILE",
+              help="Append a GNU parallel job log row per finished job.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop a job after SECONDS (SIGTERM, SIGKILL 5 s later); it ends '!'.")
 @click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True,
@@ -3723,8 +2618,15 @@ class OneLineErrorCommand(click.Command):
 @click.option("--token", metavar="TOKEN|FILE",
               help="The shared secret, or a file holding it [--serve: a new one in ~/.runmaker.token; "
                    "--connect: that file].")
+@click.option("--tcp-timings", metavar="NAME=SECONDS,...", hidden=True,
+              help="The TCP protocol's deadlines (runmaker_tcp.TcpTimings); for tests.")
 @click.version_option(__version__, "--version", prog_name="runmaker")
-def main(**opts: object) -> None:
+def main(
+    file: str | None, jobs: int, retry: bool, logfile: str | None, loglines: int, one_only: bool,
+    logdir: str | None, joblog: str | None, timeout: float | None, retries: int, follow: bool,
+    quiet: bool, serve: bool, connect: str | None, bind: str | None, port: int,
+    token: str | None, tcp_timings: str | None,
+) -> None:
     """Run the pending jobs of FILE, up to -j at a time, with any number of
     other workers on this or other hosts sharing FILE.
 
@@ -3734,17 +2636,19 @@ def main(**opts: object) -> None:
         runmaker --serve runs.txt                        (on the host with the file)
         runmaker --connect lab-ws --token TOKEN -j8      (on each other host)
     """
-    file = opts.pop("file")
-    retry = bool(opts.pop("retry"))
-    tcp = _TcpCommand.pop_from(opts)
-    if not file and not tcp.connect:
+    tcp = _TcpCommand(serve, connect, bind, port, token, tcp_timings)
+    tcp.check(_given_options())
+    if not file and not connect:
         raise click.UsageError("missing the job FILE")
-    jobs = int(opts.pop("jobs")) or len(os.sched_getaffinity(0))  # type: ignore[call-overload]
-    options = WorkerOptions(jobs=jobs, **opts)  # type: ignore[arg-type]
-    if tcp.serve or tcp.connect:
-        sys.exit(tcp.run(file, options, retry=retry, console=sys.stdout.buffer, notify=echo_to_stderr))  # type: ignore[arg-type]
-    code = run_worker(str(file), options, retry=retry, console=sys.stdout.buffer, notify=echo_to_stderr)
-    sys.exit(code)
+    options = WorkerOptions(
+        jobs=jobs or len(os.sched_getaffinity(0)), one_only=one_only, quiet=quiet, follow=follow,
+        timeout=timeout, retries=retries, logfile=logfile, loglines=loglines, logdir=logdir,
+        joblog=joblog,
+    )
+    console, notify = sys.stdout.buffer, echo_to_stderr
+    if serve or connect:
+        sys.exit(tcp.run(file, options, retry=retry, console=console, notify=notify))
+    sys.exit(run_worker(str(file), options, retry=retry, console=console, notify=notify))
 
 
 if __name__ == "__main__":

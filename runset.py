@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Literal
 
 import click
 
@@ -20,17 +21,17 @@ import runmaker
 __all__ = ["main"]
 
 
-class _MaxRunning(click.ParamType):
-    """A whole number of jobs, or ``none`` to lift the cap."""
-
-    name = "N|none"
-
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
-        if value == "none" or isinstance(value, int):
-            return value
-        if isinstance(value, str) and value.isdigit():
-            return int(value)
-        self.fail(f"{value!r} is neither a whole number nor 'none'", param, ctx)
+def _max_running(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> int | Literal["none"] | None:
+    """--max-running: a whole number of jobs, or ``none`` to lift the cap."""
+    if value is None:
+        return None
+    if value == "none":
+        return "none"
+    if value.isdigit():
+        return int(value)
+    raise click.BadParameter(f"{value!r} is neither a whole number nor 'none'", ctx, param)
 
 
 def _commands(adds: tuple[str, ...]) -> list[bytes]:
@@ -49,7 +50,13 @@ def _commands(adds: tuple[str, ...]) -> list[bytes]:
 
 
 def _check_combination(
-    selection: runmaker.JobSelection, *, appending: bool, setting: bool, showing: list[str], high: bool, adding: bool
+    selection: runmaker.JobSelection,
+    *,
+    appending: bool,
+    setting: bool,
+    showing: list[str],
+    high: bool,
+    adding: bool,
 ) -> None:
     """Refuse mixed kinds of work with a usage error (exit 2).
 
@@ -75,7 +82,8 @@ def _check_combination(
 @click.option("-a", "--all", "all_jobs", is_flag=True, help="Select every job.")
 @click.option("--state", metavar="CHARS", help="Select jobs in any of these states, e.g. '!e'.")
 @click.option("--grep", metavar="REGEX", help="Select jobs whose command matches REGEX (Python re.search).")
-@click.option("-l", "--list", "list_jobs", is_flag=True, help="List the selected jobs: LINE: S - COMMAND (the default).")
+@click.option("-l", "--list", "list_jobs", is_flag=True,
+              help="List the selected jobs: LINE: S - COMMAND (the default).")
 @click.option("--json", "as_json", is_flag=True, help="List as JSON lines (with --summary: one JSON object).")
 @click.option("--summary", is_flag=True, help="Count the selected jobs per state instead of listing them.")
 @click.option("-s", "--set", "set_state", metavar="STATE",
@@ -83,14 +91,14 @@ def _check_combination(
 @click.option("--add", multiple=True, metavar="COMMAND",
               help="Append a job running COMMAND (repeatable); '-' reads commands from stdin, one a line.")
 @click.option("--high", is_flag=True, help="With --add: the new jobs are '+', run before every '.' job.")
-@click.option("--max-running", type=_MaxRunning(),
+@click.option("--max-running", metavar="N|none", callback=_max_running,
               help="Append '#runmaker max-running N': at most N jobs at once (0 pauses, 'none' lifts it).")
 @click.option("--barrier", is_flag=True,
               help="Append '#runmaker barrier': jobs below start once all above are d or -.")
 def main(
     file: str, jobs: tuple[str, ...], all_jobs: bool, state: str | None, grep: str | None,
     list_jobs: bool, as_json: bool, summary: bool, set_state: str | None,
-    add: tuple[str, ...], high: bool, max_running: int | str | None, barrier: bool,
+    add: tuple[str, ...], high: bool, max_running: int | Literal["none"] | None, barrier: bool,
 ) -> None:
     """List, select and change the jobs of the job FILE while workers run.
 
@@ -108,7 +116,8 @@ def main(
     """
     selection = runmaker.JobSelection(jobs=jobs, all_jobs=all_jobs, states=state, grep=grep)
     appending = bool(add) or max_running is not None or barrier
-    showing = [name for name, on in (("--list", list_jobs), ("--json", as_json), ("--summary", summary)) if on]
+    flags = (("--list", list_jobs), ("--json", as_json), ("--summary", summary))
+    showing = [name for name, on in flags if on]
     _check_combination(selection, appending=appending, setting=set_state is not None,
                        showing=showing, high=high, adding=bool(add))
     if appending:
@@ -119,7 +128,9 @@ def main(
             click.echo(f"runset: {file}:{line}: running (a worker holds its lock); not changed", err=True)
         sys.exit(1 if refused else 0)
     else:
-        for text in runmaker.list_jobs(file, selection, as_json=as_json, summary=summary, warn=runmaker.echo_to_stderr):
+        listing = runmaker.list_jobs(file, selection, as_json=as_json, summary=summary,
+                                     warn=runmaker.echo_to_stderr)
+        for text in listing:
             click.echo(text, nl=False)
 
 

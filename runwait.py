@@ -98,7 +98,8 @@ def main(file: str, progress: bool, use_exit_status: bool, timeout: float | None
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupted)  # ends like Ctrl-C: exit 130
     try:
-        counts = runmaker.wait_for_jobs(file, interval=interval, timeout=timeout, progress=show, warn=runmaker.echo_to_stderr)
+        counts = runmaker.wait_for_jobs(file, interval=interval, timeout=timeout, progress=show,
+                                        warn=runmaker.echo_to_stderr)
     except KeyboardInterrupt:
         sys.exit(_EXIT_INTERRUPTED)
     finally:

@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNMAKER = ROOT / "runmaker.py"
 PYTHON = sys.executable
 
+# Compiled modules go to a cache outside the checkout, for this process and
+# every Python it starts: a benchmark writes nothing into the checkout.
+PYCACHE = Path(tempfile.gettempdir()) / "runmaker-bench-pycache"
+sys.pycache_prefix = os.fspath(PYCACHE)
+os.environ["PYTHONPYCACHEPREFIX"] = os.fspath(PYCACHE)
+
 __all__ = [
     "PYTHON",
     "ROOT",
@@ -170,8 +176,10 @@ _ENTRY = (
 
 
 def compile_runmaker() -> None:
-    """Write runmaker's .pyc once, as pip does at install time."""
-    py_compile.compile(os.fspath(RUNMAKER), doraise=True)
+    """Write runmaker's .pyc once (to PYCACHE), as pip does at install time."""
+    for module in (RUNMAKER, ROOT / "runmaker_tcp.py"):
+        if module.exists():
+            py_compile.compile(os.fspath(module), doraise=True)
 
 
 def runmaker_argv(*args: str | os.PathLike[str]) -> list[str]:
@@ -206,20 +214,15 @@ def interleaved_timings(
 
 
 def find_gnu_parallel() -> tuple[str | None, str]:
-    """Path of GNU parallel, installing it with apt-get as root if missing.
+    """Path of GNU parallel, if installed; a benchmark installs nothing.
 
-    Returns ``(path, note)``; path is None (and the note says why) when it
-    cannot be had, so the caller skips that comparison.  moreutils' own
-    ``parallel`` is not GNU parallel and does not count.
+    Returns ``(path, note)``; path is None (and the note says what is
+    missing) when it is not there, so the caller skips that comparison.
+    moreutils' own ``parallel`` is not GNU parallel and does not count.
     """
     path = shutil.which("parallel")
-    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        print("GNU parallel is missing: apt-get install -y parallel ...", file=sys.stderr)
-        subprocess.run(["apt-get", "install", "-y", "parallel"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        path = shutil.which("parallel")
     if path is None:
-        return None, "GNU parallel not installed (apt-get install -y parallel, as root): skipped"
+        return None, "GNU parallel is missing (install the 'parallel' package to compare): skipped"
     try:
         version = subprocess.run([path, "--version"], capture_output=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):

@@ -1,7 +1,7 @@
 """All of runmaker's figures in one table, measured in one run (issue 7).
 
-Ratios against ``xargs -P`` and GNU ``parallel`` (installed with apt-get as
-root if missing, else skipped with a note), each beside its target:
+Ratios against ``xargs -P`` and GNU ``parallel`` (if installed; else
+skipped with a note saying so), each beside its target:
 
 * dispatch: 2,000 ``true N`` jobs at ``-j2`` against ``xargs -P2`` (<= 1.1x),
   and GNU ``parallel -j2`` for reference;

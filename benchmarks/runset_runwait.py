@@ -32,6 +32,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+# Compiled modules go to a cache outside the checkout (this process and the
+# commands it starts): a benchmark writes nothing into the checkout.
+sys.pycache_prefix = os.path.join(tempfile.gettempdir(), "runmaker-bench-pycache")
+os.environ["PYTHONPYCACHEPREFIX"] = sys.pycache_prefix
 
 __all__ = ["main"]
 

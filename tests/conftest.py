@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -73,16 +74,59 @@ def write_jobs(path: Path, commands: list[str], state: str = ".") -> Path:
     return path
 
 
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
+    """Wait until ``proc`` ends, reading its pipes meanwhile; return its exit status.
+
+    A process writing into a pipe nobody reads would stall; so this reads
+    (and drops) what its pipes hold.  Give it files to read its output later.
+    """
+    proc.communicate(timeout=timeout)
+    return proc.returncode
+
+
+_REAP_TAG = "RUNMAKER_TEST_REAP"  # in the environment of every process Procs starts
+
+
+def _tagged_processes(tag: str) -> list[int]:
+    """Pids of live processes whose environment holds ``_REAP_TAG=tag``."""
+    marker = f"{_REAP_TAG}={tag}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker not in f.read().split(b"\0"):
+                    continue
+        except OSError:
+            continue  # gone, or not ours to read
+        if alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
 class Procs:
-    """Starts real processes and reaps every one of them, whatever happens."""
+    """Starts real processes and reaps every one of them, whatever happens.
+
+    Each gets a tag in its environment, which the jobs of a runmaker worker
+    inherit; ``reap`` kills the processes started and then the process group
+    of every process still carrying the tag (jobs run in their own groups,
+    and may outlive a killed worker).
+    """
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.tag = secrets.token_hex(8)
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """``base`` (default: this environment) with the tag that ``reap`` looks for."""
+        return dict(os.environ if base is None else base, **{_REAP_TAG: self.tag})
 
     def start(self, name: str, *args: str, cwd: Path | None = None, **kw: object) -> subprocess.Popen[bytes]:
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
         kw.setdefault("stdin", subprocess.DEVNULL)
+        kw["env"] = self.env(kw.get("env"))  # type: ignore[arg-type]
         proc = subprocess.Popen(command(name) + list(args), cwd=cwd, **kw)  # type: ignore[call-overload]
         self.procs.append(proc)
         return proc
@@ -98,6 +142,23 @@ class Procs:
                 proc.communicate(timeout=10)
             except (subprocess.TimeoutExpired, ValueError):
                 pass
+        self.kill_job_groups()
+
+    def kill_job_groups(self, timeout: float = 10.0) -> None:
+        """SIGKILL the process group of every process that carries our tag, until none is left."""
+        deadline = time.monotonic() + timeout
+        own_group = os.getpgrp()
+        while (pids := _tagged_processes(self.tag)) and time.monotonic() < deadline:
+            for pid in pids:
+                try:
+                    group = os.getpgid(pid)
+                    if group == own_group:
+                        os.kill(pid, signal.SIGKILL)  # started by us, in pytest's own group
+                    else:
+                        os.killpg(group, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
 
 
 @pytest.fixture

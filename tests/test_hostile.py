@@ -39,6 +39,8 @@ def _binary_bytes() -> bytes:
 BINARY = _binary_bytes()
 # A usage error (click's) may point to --help on the same line.
 USAGE_TAIL = r"( \(see '\S+ --help'\))?"
+# A job that runs until the test creates the file "go" (a gate, not a sleep).
+GATED = b"while [ ! -e go ]; do sleep 0.01; done"
 HUGE_COMMAND = b"x" * (300 * 1024)  # beyond MAX_ARG_STRLEN (128 KiB): execve says E2BIG
 MALFORMED = (
     b".cmd\n"  # 1: no space after the state
@@ -358,6 +360,10 @@ def test_runmaker_file_replaced_under_a_worker(tmp_path: Path, procs: Procs) -> 
     says so in one line, claims nothing more, exits 1, and never writes into
     the new file."""
     path = tmp_path / "runs.txt"
+    # Still a sleep, not a gate: the worker looks for a replaced file at most
+    # every 0.1 s, so a job that ended at once after the rename could let it
+    # claim one more job from the old file (which it would write, not the new
+    # one).  Nothing outside the worker shows that it has looked.
     path.write_bytes(b". sleep 1\n. echo second\n")
     worker = procs.start("runmaker", "runs.txt", cwd=tmp_path)
     wait_for(lambda: path.read_bytes()[:1] == b"r", what="the first job to run")
@@ -384,6 +390,9 @@ def test_runmaker_file_truncated_under_a_worker(tmp_path: Path, procs: Procs, cu
     the file shrank it writes nothing into it (not even the running job's
     final state, whose byte may now belong to other text)."""
     path = tmp_path / "runs.txt"
+    # Still a sleep, not a gate: a job that ended at once after the
+    # truncation could let the worker claim the cut line before it rereads
+    # the file (it looks at most every 0.1 s), and run what is left of it.
     if cut == 12:
         path.write_bytes(b". sleep 1\n. echo second\n. echo third\n")
         running = 0
@@ -407,10 +416,11 @@ def test_runset_refuses_a_live_running_job(tmp_path: Path, procs: Procs) -> None
     """--set names a job a worker holds and leaves it alone (exit 1); the
     other selected jobs still change."""
     path = tmp_path / "runs.txt"
-    path.write_bytes(b". sleep 2\nd echo two\n! echo three\n")
+    path.write_bytes(b". " + GATED + b"\nd echo two\n! echo three\n")
     worker = procs.start("runmaker", "-q", "runs.txt", cwd=tmp_path)
     wait_for(lambda: path.read_bytes()[:1] == b"r", what="the first job to run")
     result = run("runset", "runs.txt", "1-3", "--set", "-", cwd=tmp_path)
+    (tmp_path / "go").touch()
     assert result.returncode == 1
     assert result.stdout == b""
     assert result.stderr.decode().splitlines() == [
@@ -419,7 +429,7 @@ def test_runset_refuses_a_live_running_job(tmp_path: Path, procs: Procs) -> None
     assert states(path) == "r--"
     worker.communicate(timeout=20)
     assert worker.returncode == 0
-    assert path.read_bytes() == b"d sleep 2\n- echo two\n- echo three\n"
+    assert path.read_bytes() == b"d " + GATED + b"\n- echo two\n- echo three\n"
 
 
 def test_runwait_file_replaced_while_it_waits(tmp_path: Path, procs: Procs) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runmaker import JobFile, RunmakerError, Scheduler, check_file_locking
+from runmaker import JobFile, RunmakerError, check_file_locking
 
 
 class Opened:
@@ -248,25 +248,6 @@ def test_non_utf8_commands_are_kept_as_bytes(tmp_path, opened):
 
 
 @pytest.mark.timeout(10)
-def test_scheduler_claims_high_priority_first_then_file_order(tmp_path, opened):
-    path = tmp_path / "runs.txt"
-    path.write_bytes(b". a\n+ b\n- c\n. d\n+ e\nd f\n! g\n")
-    jobfile = opened(path, writable=True)
-    scheduler = Scheduler(jobfile)
-    try:
-        claims = scheduler.claim_jobs(10, idle=True)
-        assert [c.command for c in claims] == [b"b", b"e", b"a", b"d"]
-        assert [c.line for c in claims] == [2, 5, 1, 4]
-        assert path.read_bytes() == b"r a\nr b\n- c\nr d\nr e\nd f\n! g\n"
-        for claim, state in zip(claims, "d!de"):
-            scheduler.finish_job(claim, state)
-        scheduler.commit()
-    finally:
-        scheduler.close()
-    assert path.read_bytes() == b"d a\nd b\n- c\ne d\n! e\nd f\n! g\n"
-
-
-@pytest.mark.timeout(10)
 def test_a_missing_file_or_a_directory_is_an_error_naming_it(tmp_path):
     with pytest.raises(RunmakerError, match="no such file") as info:
         JobFile(str(tmp_path / "nothing.txt"))
@@ -346,6 +327,23 @@ def test_the_real_mountinfo_accepts_the_test_directory(tmp_path):
     path = tmp_path / "runs.txt"
     path.write_bytes(b". true\n")
     check_file_locking(str(path))  # tmp_path is no nolock NFS mount here
+    # And the check did look at this file's own mount: the same real table
+    # with that mount turned into a nolock NFS mount is refused.
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        real = f.read().splitlines()
+    st = os.stat(path)
+    device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    doctored = []
+    for line in real:
+        fields = line.split()
+        if fields[2] == device:
+            dash = fields.index("-", 6)
+            fields[dash + 1], fields[dash + 3] = "nfs", "rw,vers=3,nolock"
+            line = " ".join(fields)
+        doctored.append(line)
+    assert doctored != real, f"no line for device {device} in /proc/self/mountinfo"
+    with pytest.raises(RunmakerError, match="'nolock'"):
+        check_file_locking(str(path), mountinfo="\n".join(doctored) + "\n")
 
 
 @pytest.mark.timeout(60)
@@ -379,40 +377,4 @@ def test_a_file_larger_than_one_indexing_piece_is_indexed_like_a_small_one(tmp_p
         assert list(jobfile.offsets) == [offsets[n - 1] for n in expected]
         assert jobfile.command(len(expected) - 1) == b"last job without newline"
     finally:
-        jobfile.close()
-
-
-@pytest.mark.timeout(30)
-def test_a_pending_job_locked_elsewhere_is_not_taken_for_nothing_left(tmp_path):
-    """A lock held elsewhere (runset --set, another worker's claim) on a
-    pending job must not let an idle worker conclude that nothing is left."""
-    import subprocess
-    import sys
-
-    path = tmp_path / "runs.txt"
-    path.write_bytes(b". true\n")
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
-         "fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0); print('held', flush=True); time.sleep(60)", str(path)],
-        stdout=subprocess.PIPE,
-    )
-    jobfile = JobFile(str(path))
-    scheduler = None
-    try:
-        assert holder.stdout.readline() == b"held\n"
-        scheduler = Scheduler(jobfile)
-        assert scheduler.claim_jobs(1, idle=True) == []
-        assert scheduler.idle_reason == "stale"  # look again, do not exit
-        holder.kill()
-        holder.wait(timeout=10)
-        scheduler.rescan()
-        claims = scheduler.claim_jobs(1, idle=True)
-        assert [claim.line for claim in claims] == [1]
-    finally:
-        holder.kill()
-        holder.wait(timeout=10)
-        holder.stdout.close()
-        if scheduler is not None:
-            scheduler.close()
         jobfile.close()

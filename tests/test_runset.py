@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run, states, wait_for, write_jobs
+from conftest import ROOT, read_int, run, states, wait_for, write_jobs
 
 JOBS = (
     "# jobs of the test\n"
@@ -43,13 +43,6 @@ def make_jobs(tmp_path: Path) -> Path:
     path = tmp_path / "runs.txt"
     path.write_text(JOBS)
     return path
-
-
-def read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 # --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, read_int, run, states, wait_for
+from conftest import ROOT, read_int, run, states, wait_exit, wait_for
 from runmaker import append_to_shared_file
 
 # --------------------------------------------------------------------------
@@ -100,11 +100,6 @@ def holds_for(predicate, seconds: float, what: str) -> None:
         assert predicate(), f"{what} stopped holding"
         time.sleep(0.02)
     assert predicate(), f"{what} stopped holding"
-
-
-def wait_exit(proc, timeout: float = 20) -> int:
-    proc.communicate(timeout=timeout)
-    return proc.returncode
 
 
 def write_file(path: Path, lines: list[str]) -> Path:

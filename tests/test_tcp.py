@@ -19,33 +19,26 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, ROOT, Procs, command, run, states, wait_for, write_jobs
-from runmaker import _Channel, _PeerError, _proof
+from conftest import Procs, command, run, states, wait_exit, wait_for, write_jobs
+from runmaker_tcp import _Channel, _PeerError, _proof
 
-# Deadlines of the protocol, shortened so that the tests of drops, deaths and
-# reconnects take a second rather than half a minute.  Set in a launcher
-# that runs runmaker's main in a real process.
+# Deadlines of the protocol (runmaker_tcp.TcpTimings), shortened so that the
+# tests of drops, deaths and reconnects take a second rather than half a
+# minute; given to the real command with its hidden --tcp-timings option.
+# The jobs here end at SIGTERM, so a kill grace of 0.1 s holds.  Derived:
+# server silence 1.0 + 0.1 + 0.4 = 1.5 s, lost release 0.2 + 0.1 + 0.2 = 0.5 s.
 FAST = {
-    "_AUTH_DEADLINE": 1.0,
-    "_HEARTBEAT": 0.2,
-    "_CLIENT_SILENCE": 1.0,
-    "_SERVER_SILENCE": 1.5,
-    "_LOST_RELEASE": 0.5,
-    "_GIVE_UP": 10.0,
-    "_BACKOFF_FIRST": 0.1,
-    "_BACKOFF_MAX": 0.3,
-    "_GOODBYE": 1.0,
+    "auth_deadline": 1.0,
+    "heartbeat": 0.2,
+    "client_silence": 1.0,
+    "kill_grace": 0.1,
+    "silence_margin": 0.4,
+    "release_margin": 0.2,
+    "give_up": 10.0,
+    "backoff_first": 0.1,
+    "backoff_max": 0.3,
+    "goodbye": 1.0,
 }
-
-LAUNCHER = """\
-import sys
-sys.path.insert(0, {root!r})
-import runmaker
-for name, value in {settings!r}.items():
-    setattr(runmaker, name, value)
-sys.argv[0] = "runmaker"
-runmaker.main()
-"""
 
 
 class Tcp:
@@ -57,13 +50,11 @@ class Tcp:
         self.token = tmp_path / "token"
         self.token.write_text(f"test-{secrets.token_hex(16)}\n")
         # Never the user's own ~/.runmaker.token.
-        self.env = dict(os.environ, HOME=str(tmp_path))
+        self.env = procs.env(dict(os.environ, HOME=str(tmp_path)))
+        self.argv = command("runmaker")
         if settings:
-            launcher = tmp_path / "fast_runmaker.py"
-            launcher.write_text(LAUNCHER.format(root=str(ROOT), settings=settings))
-            self.argv = [PYTHON, str(launcher)]
-        else:
-            self.argv = command("runmaker")
+            timings = ",".join(f"{name}={value}" for name, value in settings.items())
+            self.argv += ["--tcp-timings", timings]
 
     def start(self, name: str, *args: str, netns: str | None = None) -> subprocess.Popen[bytes]:
         prefix = ["ip", "netns", "exec", netns] if netns else []
@@ -93,10 +84,6 @@ class Tcp:
 
     def err(self, name: str) -> str:
         return (self.dir / f"{name}.err").read_text(errors="replace")
-
-
-def ended(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
-    return proc.wait(timeout=timeout)
 
 
 def record_jobs(path: Path, count: int, extra: str = "") -> Path:
@@ -249,8 +236,8 @@ def test_clients_on_loopback_run_every_job_once(tmp_path: Path, procs: Procs) ->
     tcp = Tcp(tmp_path, procs)
     server, port = tcp.serve(runs)
     clients = [tcp.connect(f"c{i}", port, "-j2") for i in range(3)]
-    assert [ended(c) for c in clients] == [0, 0, 0], [tcp.err(f"c{i}") for i in range(3)]
-    assert ended(server) == 0, tcp.err("server")
+    assert [wait_exit(c) for c in clients] == [0, 0, 0], [tcp.err(f"c{i}") for i in range(3)]
+    assert wait_exit(server) == 0, tcp.err("server")
     assert states(runs) == "d" * 30
     assert ran_lines(tmp_path) == list(range(1, 31))
     assert_never_twice(tmp_path)
@@ -281,8 +268,8 @@ def test_caps_barriers_and_priorities_hold_and_runset_sees_the_claims(tmp_path: 
                       what="runset listing running jobs")
     assert 1 <= len(listed) <= 2
     assert "[lost]" not in run("runset", str(runs)).stdout.decode()
-    assert [ended(c) for c in clients] == [0, 0]
-    assert ended(server) == 0
+    assert [wait_exit(c) for c in clients] == [0, 0]
+    assert wait_exit(server) == 0
     assert states(runs) == "d" * 6
     events = sorted((int(t), kind, int(line)) for kind, line, t in
                     (row.split() for row in (tmp_path / "times").read_text().splitlines()))
@@ -328,8 +315,8 @@ def test_between_two_network_namespaces(tmp_path: Path, procs: Procs) -> None:
         tcp = Tcp(tmp_path, procs)
         server, port = tcp.serve(runs, "--bind", f"{net}.1", netns=server_ns)
         clients = [tcp.connect(f"c{i}", port, "-j2", host=f"{net}.1", netns=client_ns) for i in range(2)]
-        assert [ended(c) for c in clients] == [0, 0], tcp.err("c0") + tcp.err("c1")
-        assert ended(server) == 0
+        assert [wait_exit(c) for c in clients] == [0, 0], tcp.err("c0") + tcp.err("c1")
+        assert wait_exit(server) == 0
         assert states(runs) == "d" * 12
         assert ran_lines(tmp_path) == list(range(1, 13))
         assert_never_twice(tmp_path)
@@ -361,7 +348,7 @@ def test_wrong_token_is_one_error_and_no_retry(tmp_path: Path, procs: Procs) -> 
                      tcp.err("server"), re.M)
     assert states(runs) == "..."
     server.send_signal(signal.SIGTERM)  # drains: nothing runs, so it ends at once
-    assert ended(server) == 130
+    assert wait_exit(server) == 130
     assert states(runs) == "..."
 
 
@@ -426,8 +413,8 @@ def test_bad_peers_are_dropped_while_good_clients_work(tmp_path: Path, procs: Pr
         assert re.search(r"^runmaker: 127\.0\.0\.1:\d+: authentication failed \(wrong token\)$", log, re.M)
         assert all(client.poll() is None for client in clients)  # still served, still waiting
         server.send_signal(signal.SIGTERM)
-        assert ended(server) == 130
-        assert [ended(c) for c in clients] == [0, 0]
+        assert wait_exit(server) == 130
+        assert [wait_exit(c) for c in clients] == [0, 0]
         assert ran_lines(tmp_path) == list(range(1, 21))
         assert_never_twice(tmp_path)
     finally:
@@ -448,8 +435,8 @@ def test_client_killed_mid_job_loses_its_job(tmp_path: Path, procs: Procs) -> No
     try:
         other = tcp.connect("other", port, "-j1")
         victim.send_signal(signal.SIGKILL)
-        assert ended(other) == 0, tcp.err("other")
-        assert ended(server) == 1  # a job it handed out ended 'e'
+        assert wait_exit(other) == 0, tcp.err("other")
+        assert wait_exit(server) == 1  # a job it handed out ended 'e'
         assert states(runs) == "edddd"
         assert ran_lines(tmp_path) == [2, 3, 4, 5]
         assert re.search(r"^runmaker: 127\.0\.0\.1:\d+ \(\S+\): dropped \(connection closed\); its 1 running "
@@ -480,8 +467,8 @@ def test_silent_client_is_dropped_and_stops_its_job_before_reconnecting(tmp_path
                          err, re.M), err
         assert err.index("stopping 1 running jobs") < err.rindex("connected to")
         server.send_signal(signal.SIGTERM)
-        assert ended(server) == 130
-        assert ended(client) == 1  # its job ended 'e'
+        assert wait_exit(server) == 130
+        assert wait_exit(client) == 1  # its job ended 'e'
         assert states(runs) == "e"
     finally:
         if client.poll() is None:
@@ -506,8 +493,8 @@ def test_silent_server_makes_its_client_stop_its_job_before_reconnecting(tmp_pat
                          r"for 1 s\); stopping 1 running jobs$", tcp.err("client"), re.M)
         assert states(runs) == "r.."  # the frozen server still holds it
         server.send_signal(signal.SIGCONT)
-        assert ended(client) == 1  # its first job ended 'e'
-        assert ended(server) == 1
+        assert wait_exit(client) == 1  # its first job ended 'e'
+        assert wait_exit(server) == 1
         assert states(runs) == "edd"
         assert ran_lines(tmp_path) == [2, 3]
         assert tcp.err("client").count("connected to") == 2
@@ -535,9 +522,9 @@ def test_server_killed_and_restarted_while_clients_wait(tmp_path: Path, procs: P
         wait_for(lambda: all("trying again" in tcp.err(f"c{i}") for i in range(2)), what="retries")
         assert states(runs) == "r...."  # lost now: nobody holds its lock
         restarted, _ = tcp.serve(runs, name="server2", port=port)
-        codes = sorted(ended(c) for c in clients)
+        codes = sorted(wait_exit(c) for c in clients)
         assert codes == [0, 1]  # the one whose job was stopped: 1
-        assert ended(restarted) == 0
+        assert wait_exit(restarted) == 0
         assert states(runs) == "edddd"
         assert ran_lines(tmp_path) == [2, 3, 4, 5]
         assert_never_twice(tmp_path)
@@ -547,10 +534,10 @@ def test_server_killed_and_restarted_while_clients_wait(tmp_path: Path, procs: P
 
 @pytest.mark.timeout(30)
 def test_client_gives_up_after_its_bound(tmp_path: Path, procs: Procs) -> None:
-    tcp = Tcp(tmp_path, procs, **dict(FAST, _GIVE_UP=1.0))
+    tcp = Tcp(tmp_path, procs, **dict(FAST, give_up=1.0))
     port = free_port()
     client = tcp.connect("client", port)
-    assert ended(client) == 1
+    assert wait_exit(client) == 1
     lines = tcp.err("client").splitlines()
     assert any(line.startswith(f"runmaker: 127.0.0.1:{port}: Connection refused; trying again in ")
                for line in lines), lines
@@ -584,7 +571,7 @@ def test_a_server_with_no_clients_ends_by_the_workers_rule(tmp_path: Path, procs
     runs.write_text("! false\n#runmaker barrier\n. true\n")
     tcp = Tcp(tmp_path, procs)
     server = tcp.start("server", "--serve", "--port", "0", "--token", str(tcp.token), str(runs))
-    assert ended(server) == 0, tcp.err("server")
+    assert wait_exit(server) == 0, tcp.err("server")
     assert "jobs below the barrier at line 2 wait for failed jobs above it" in tcp.err("server")
     assert states(runs) == "!."
 
@@ -598,6 +585,6 @@ def test_a_long_job_file_path_fits_the_welcome(tmp_path: Path, procs: Procs) -> 
     tcp = Tcp(tmp_path, procs)
     server, port = tcp.serve(runs)
     client = tcp.connect("c", port, "-j2")
-    assert ended(client) == 0, tcp.err("c")
-    assert ended(server) == 0, tcp.err("server")
+    assert wait_exit(client) == 0, tcp.err("c")
+    assert wait_exit(server) == 0, tcp.err("server")
     assert states(runs) == "dd"

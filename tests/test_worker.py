@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import alive, read_int, run, states, wait_for, write_jobs
+from conftest import alive, read_int, run, states, wait_exit, wait_for, write_jobs
 from runmaker import JobFile, _is_locked_elsewhere, __version__, short_hostname
 
 HOST = re.escape(short_hostname())
@@ -61,10 +61,6 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def wait_exit(proc, timeout: float = 20) -> int:
-    return proc.wait(timeout=timeout)
 
 
 # --------------------------------------------------------------------------
@@ -459,8 +455,8 @@ def test_first_signal_drains(tmp_path, procs, signum):
         "echo second > second",
     ])
     err = tmp_path / "err"
-    with open(err, "wb") as err_file:
-        worker = procs.start("runmaker", "runs.txt", cwd=tmp_path, stderr=err_file)
+    with open(err, "wb") as err_file, open(tmp_path / "out", "wb") as out_file:
+        worker = procs.start("runmaker", "runs.txt", cwd=tmp_path, stdout=out_file, stderr=err_file)
     wait_for(lambda: (tmp_path / "started").exists(), what="job 1")
     worker.send_signal(signum)
     wait_for(lambda: b"draining" in err.read_bytes(), what="the drain message")
@@ -474,7 +470,7 @@ def test_first_signal_drains(tmp_path, procs, signum):
     ), stderr
     assert states(path) == "d."
     assert not (tmp_path / "second").exists()
-    out = worker.stdout.read()
+    out = (tmp_path / "out").read_bytes()
     match_console(
         out,
         "executing `touch started; while [ ! -e go ]; do sleep 0.01; done; echo finished'",
@@ -636,14 +632,21 @@ def test_a_job_that_cannot_start_ends_error(tmp_path):
 @pytest.mark.timeout(30)
 def test_jobs_get_default_sigpipe_so_pipelines_end(tmp_path):
     # Python ignores SIGPIPE; with that inherited, the loop would never end.
-    path = write_jobs(tmp_path / "runs.txt", ["while :; do echo x; done | head -1", "yes | head -2"])
+    path = write_jobs(tmp_path / "runs.txt", [
+        "echo $$ > pid1; while :; do echo x; done | head -1",
+        "echo $$ > pid2; yes | head -2",
+    ])
     result = run("runmaker", "-q", "-j2", "runs.txt", cwd=tmp_path, timeout=20)
     assert result.returncode == 0, result.stderr
     assert states(path) == "dd"
-    assert sorted(lines_of(result.stdout)) == sorted(
-        [f"stdout ({short_hostname()},{pid}): x" for pid in re.findall(r"\((?:[^,]+),(\d+)\): x", result.stdout.decode())]
-        + [f"stdout ({short_hostname()},{pid}): y" for pid in re.findall(r"\((?:[^,]+),(\d+)\): y", result.stdout.decode())]
-    )
+    # The tag names each job's shell ($$), so the lines expected are known
+    # before looking at the output.
+    host, pid1, pid2 = short_hostname(), read_int(tmp_path / "pid1"), read_int(tmp_path / "pid2")
+    assert sorted(lines_of(result.stdout)) == sorted([
+        f"stdout ({host},{pid1}): x",
+        f"stdout ({host},{pid2}): y",
+        f"stdout ({host},{pid2}): y",
+    ])
     assert result.stdout.decode().count("): y\n") == 2
 
 
@@ -651,9 +654,12 @@ def test_jobs_get_default_sigpipe_so_pipelines_end(tmp_path):
 def test_output_written_after_a_job_ended_goes_nowhere_else(tmp_path):
     """A background process writing after its job ended must not reach the
     next job's --logdir files (or anything else reusing the descriptors)."""
+    # Gates, not sleeps: the background process writes only once job 2
+    # runs (touch gate), and job 2 ends only once it has written (wrote).
+    # Its writes get EPIPE (SIGPIPE): each runs in a subshell of its own.
     path = write_jobs(tmp_path / "runs.txt", [
-        "(sleep 0.5; echo late; echo late >&2) & echo early",
-        "sleep 1; echo second",
+        "(while [ ! -e gate ]; do sleep 0.01; done; (echo late); (echo late >&2); touch wrote) & echo early",
+        "touch gate; while [ ! -e wrote ]; do sleep 0.01; done; echo second",
     ])
     result = run("runmaker", "-q", "-j1", "--logdir", "out", "runs.txt", cwd=tmp_path, timeout=20)
     assert result.returncode == 0, result.stderr
@@ -672,8 +678,9 @@ def test_a_worker_that_fails_stops_its_jobs_before_its_locks_go(tmp_path):
     import runmaker
 
     path = write_jobs(tmp_path / "runs.txt", [
-        f"echo $$ > {tmp_path}/pid1; sleep 0.3",
-        f"echo $$ > {tmp_path}/pid2; exec sleep 30",
+        # Job 1 ends (and the failure strikes) once job 2 has written its pid.
+        f"echo $$ > {tmp_path}/pid1; while [ ! -e {tmp_path}/pid2 ]; do sleep 0.01; done",
+        f"echo $$ > {tmp_path}/pid2.new; mv {tmp_path}/pid2.new {tmp_path}/pid2; exec sleep 30",
     ])
 
     class FailingScheduler(runmaker.Scheduler):
