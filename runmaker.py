@@ -55,6 +55,7 @@ __all__ = [
     "JobSelection",
     "JobSource",
     "JobWatcher",
+    "MAX_CAP",
     "OneLineErrorCommand",
     "RunmakerError",
     "RunmakerFailure",
@@ -67,13 +68,16 @@ __all__ = [
     "append_to_shared_file",
     "check_file_locking",
     "echo_to_stderr",
+    "file_system_failed",
     "list_jobs",
     "main",
+    "parse_cap",
     "progress_cells",
     "progress_line",
     "run_worker",
     "set_job_states",
     "short_hostname",
+    "shorten_number",
     "stop_signals_waking",
     "wait_for_jobs",
     "work_is_over",
@@ -83,6 +87,8 @@ __all__ = [
 # never collide with a state byte.
 SLOT_BASE = 2**40
 APPEND_BYTE = 2**40 - 1
+# The largest max-running: slot locks stay far below any file offset limit.
+MAX_CAP = 2**31 - 1
 
 STATE_NAMES = {
     ".": "pending",
@@ -151,6 +157,18 @@ def _failing_as_runtime_error(path: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise RunmakerFailure(f"{path}: {exc.strerror or exc}") from None
+
+
+def file_system_failed(path: str, exc: OSError) -> RunmakerFailure:
+    """The one error of a job file that failed under a worker (EIO, EROFS, ENOSPC).
+
+    The caller has stopped its running jobs and writes nothing more into
+    the file; the user sees this one line and exit status 1.
+    """
+    why = exc.strerror or str(exc)
+    return RunmakerFailure(
+        f"{path}: the file system failed under this worker ({why}); its running jobs were stopped"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -227,8 +245,16 @@ class _ReadingLock:
         _unlock_byte(self.fd, APPEND_BYTE)
 
 
-def append_to_shared_file(fd: int, record: bytes, *, header: bytes = b"") -> None:
-    """Append ``record`` whole at the end of a shared file.
+def append_to_shared_file(
+    fd: int,
+    record: bytes,
+    *,
+    header: bytes = b"",
+    real: Sequence[bytes] = (),
+    patience: float | None = None,
+    waiting: Callable[[], None] | None = None,
+) -> None:
+    """Append ``record`` whole at the end of a shared file, or not at all.
 
     The append recipe of SPEC section 3: an exclusive lock on the append byte
     of that very file, the size from fstat under it, a missing final newline
@@ -236,18 +262,68 @@ def append_to_shared_file(fd: int, record: bytes, *, header: bytes = b"") -> Non
     used: on NFS it is emulated by the client with a stale size and two
     hosts' appends overwrite each other.  ``header`` is written first when
     the file is empty (the job log's column names).
+
+    Whole or absent: a write that fails part-way (disk full, file size limit)
+    is cut off again before the lock goes, so no reader (they read only under
+    the same lock) ever sees it.  An appender killed mid-write cannot cut, so
+    a job file's record is written with placeholders first: ``record`` holds
+    each line with a first byte nothing runs or obeys (``~``, ``/``), and
+    ``real`` the same record in pieces with the real first bytes.  Each piece
+    is written over its placeholders, and made durable, only once the whole
+    record is: whatever a SIGKILL or a crash leaves, every line that can run
+    is whole (the bytes differ only in first bytes), and the directives of
+    the first piece take effect before the jobs of the next.
+
+    Waits for the lock at most ``patience`` seconds (None: as long as it
+    takes), calling ``waiting`` once if it has to wait at all.  Raises
+    OSError (the file is as it was), or TimeoutError if the lock stayed held.
     """
-    _lock_byte(fd, APPEND_BYTE, exclusive=True, wait=True)
+    if not _lock_byte(fd, APPEND_BYTE, exclusive=True, wait=False):
+        if waiting is not None:
+            waiting()
+        if patience is None:
+            _lock_byte(fd, APPEND_BYTE, exclusive=True, wait=True)
+        else:
+            _lock_byte_within(fd, APPEND_BYTE, patience)
     try:
         size = os.fstat(fd).st_size
-        if size == 0:
-            record = header + record
-        elif os.pread(fd, 1, size - 1) != b"\n":
-            record = b"\n" + record  # mend a last line left without newline
-        _pwrite_all(fd, record, size)
-        os.fsync(fd)  # before unlock: another host reads only after locking
+        prefix = header if size == 0 else b""
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            prefix = b"\n"  # mend a last line left without newline
+        try:
+            _pwrite_all(fd, prefix + record, size)
+            os.fsync(fd)  # before unlock: another host reads only after locking
+            offset = size + len(prefix)
+            for piece in real:
+                _pwrite_all(fd, piece, offset)
+                os.fsync(fd)
+                offset += len(piece)
+        except OSError:
+            # Our own partial record, which nobody can have read: cut it off.
+            try:
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            except OSError:
+                pass
+            raise
     finally:
         _unlock_byte(fd, APPEND_BYTE)
+
+
+def _lock_byte_within(fd: int, offset: int, patience: float) -> None:
+    """Take an exclusive lock, trying for at most ``patience`` seconds.
+
+    A blocking lock request cannot be given a deadline; a user who may only
+    read a file can still hold a shared lock on it for as long as they like.
+    Raises TimeoutError.
+    """
+    deadline = time.monotonic() + patience
+    pause = 0.01
+    while not _lock_byte(fd, offset, exclusive=True, wait=False):
+        if time.monotonic() >= deadline:
+            raise TimeoutError
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 # --------------------------------------------------------------------------
@@ -346,6 +422,20 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def parse_cap(digits: bytes) -> int | None:
+    """ASCII digits (any number of them) as a cap; None when above MAX_CAP."""
+    significant = digits.lstrip(b"0") or b"0"
+    if len(significant) > len(str(MAX_CAP)):
+        return None  # int() refuses more than 4,300 digits: never try it
+    value = int(significant)
+    return value if value <= MAX_CAP else None
+
+
+def shorten_number(text: str) -> str:
+    """A number as an error message shows it: a huge one by its first digits."""
+    return text if len(text) <= 20 else f"{text[:10]}... ({len(text)} digits)"
 
 
 def short_hostname() -> str:
@@ -460,6 +550,16 @@ class JobFile:
         # An unterminated last line is indexed, but may still grow; this
         # remembers what to undo to index it again.
         self._tail: tuple[int, int, int, int, int | None] | None = None
+        # SPEC: a last line without newline is a job as usual only as the
+        # first read found it.  One that appeared or grew later may be a
+        # writer's first half (or a killed writer's piece): it waits for its
+        # newline.  (offset, length) of the one the first read found.
+        self._first_tail: tuple[int, int] | None = None
+        self._read_before = False
+        self._settled = True  # False while indexing a last line a writer may still be writing
+        # A job whose line appeared or grew since the first read and has no
+        # newline yet: indexed (its index must stay put) but not to be claimed.
+        self.unfinished: int | None = None
         self._warn = warn
         self._warned: set[int] = set()
         # itemgetter of every state byte's offset: a tuple of ints, or one int for one job.
@@ -483,15 +583,16 @@ class JobFile:
             size = os.fstat(self.fd).st_size
             start = 0 if whole else resume
             data = _pread_all(self.fd, max(size - start, 0), start) if size > start else b""
+        first_new = len(self.offsets)
         if size < self.size:
             self.shrunk = True
-            return data, start, len(self.offsets)
-        if size > self.size or self._tail:
+        elif size > self.size or self._tail:
             # Index only what is new, even when the whole file was read:
             # lines already indexed must not be indexed a second time.
             new = data if start == resume else data[resume - start :]
-            return data, start, self._index_from(new, resume)
-        return data, start, len(self.offsets)
+            first_new = self._index_from(new, resume)
+        self._read_before = True
+        return data, start, first_new
 
     def states_of(self, data: bytes, base: int = 0, first: int = 0) -> bytes:
         """The state bytes of jobs ``first..`` found in ``data`` (read at ``base``)."""
@@ -515,6 +616,16 @@ class JobFile:
         """The job index of a line number, or None if that line is no job."""
         i = bisect.bisect_left(self.lines, line)
         return i if i < len(self.lines) and self.lines[i] == line else None
+
+    def intact(self) -> bool:
+        """False once the file is known to have shrunk: nothing may be written then.
+
+        Looks at its size again (fstat): a truncation is seen even between
+        two reads.
+        """
+        if not self.shrunk and os.fstat(self.fd).st_size < self.size:
+            self.shrunk = True
+        return not self.shrunk
 
     def replaced(self) -> bool:
         """True when the path now names another file than the one held open.
@@ -552,10 +663,24 @@ class JobFile:
             pos = self._index_lines(data[start:cut], pos)
             start = cut
         last = data[end:]
+        self.unfinished = None
         if last:
-            # Indexed like any line, and undone to be indexed again if it grows.
+            if not self._read_before:
+                self._first_tail = (pos, len(last))
+            # Indexed like any line, and undone to be indexed again if it
+            # grows.  Unless the first read found it as it is, a writer may
+            # still be at it: its job is not claimed and its directive not
+            # obeyed until the newline arrives.
+            settled = self._first_tail == (pos, len(last))
             self._tail = (pos, len(self.offsets), len(self.barriers), self.line_count, self.max_running)
-            self._index_lines(last + b"\n", pos)
+            jobs = len(self.offsets)
+            self._settled = settled
+            try:
+                self._index_lines(last + b"\n", pos)
+            finally:
+                self._settled = True
+            if not settled and len(self.offsets) > jobs:
+                self.unfinished = jobs
         self.size = pos + len(last)
         return first_new
 
@@ -584,7 +709,7 @@ class JobFile:
         return pos
 
     def _index_other(self, raw: bytes, line: int) -> None:
-        if not raw or raw.isspace():
+        if not raw or raw.isspace() or not self._settled:
             return
         if raw[0] in b"#/":
             if raw.startswith(b"#runmaker") and (len(raw) == 9 or raw[9] in b" \t\r"):
@@ -599,9 +724,13 @@ class JobFile:
         elif words[:1] == [b"max-running"] and len(words) == 2:
             if words[1] == b"none":
                 self.max_running = None
-            elif words[1].isdigit():
-                self.max_running = int(words[1])
-                self.max_running_peak = max(self.max_running_peak, self.max_running)
+            elif words[1].isdigit():  # bytes: ASCII digits only
+                cap = parse_cap(words[1])
+                if cap is None:
+                    self._warn_line(line, f"max-running above {MAX_CAP}")
+                    return
+                self.max_running = cap
+                self.max_running_peak = max(self.max_running_peak, cap)
             else:
                 self._warn_line(line, "max-running takes a whole number or 'none'")
         else:
@@ -824,9 +953,9 @@ class Scheduler:
     def finish_job(self, claim: Claim, state: str) -> None:
         """Write a held job's final state byte; ``commit`` then releases it."""
         offset = self.jobfile.offsets[claim.index]
-        # A file truncated under us (SPEC: it never is) has no state byte
-        # here any more; a write past its end would grow it with NULs.
-        if os.pread(self.jobfile.fd, 1, offset):
+        # A file truncated under us (SPEC: it never is) may since hold other
+        # text at this offset: once we know it shrank, we write nothing.
+        if self.jobfile.intact():
             _write_job_state(self.jobfile.fd, offset, state.encode())
         self._dirty = True
         self._acted_since_rescan = True
@@ -971,6 +1100,8 @@ class Scheduler:
 
     def _claim(self, index: int) -> Claim | None | Literal[False]:
         """Claim one job; None if it is not to be had, False if no slot is free."""
+        if index == self.jobfile.unfinished:
+            return None  # its line is still being written: taken up again with its newline
         slot = None
         if self.jobfile.max_running is not None:
             slot = self._take_slot()
@@ -1878,6 +2009,12 @@ def _signal_name(signum: int) -> str:
 # holds its lock, so an 'r' written by hand would look lost at once.
 _SETTABLE = b".+d!e-"
 _JOB_SPEC = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")
+_MAX_RUNNING_ARG = re.compile(r"[0-9]+\Z|none\Z")
+# A record's lines are written with these first, the real bytes after the
+# record is durable: a line still holding one never runs (an unknown state)
+# and is never obeyed (a comment).
+_PLACEHOLDER = b"~ "
+_APPEND_PATIENCE = 60.0  # seconds runset waits for the append lock
 _SUMMARY_ORDER = b"+.rd!e-"
 _UNKNOWN_STATE = re.compile(rb"[^.+rd!e\-]")
 _LIST_CHUNK = 1 << 16  # jobs formatted per piece of runset's output
@@ -2061,48 +2198,88 @@ def append_jobs(
     high: bool = False,
     max_running: int | Literal["none"] | None = None,
     barrier: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> int:
     """Append directives and new jobs to the job file at ``path`` as one record.
 
     The record holds, in this order: a ``#runmaker max-running`` directive
-    (``max_running``: a whole number, or ``"none"`` to lift the cap), a
-    ``#runmaker barrier`` line, then one job line per command, pending
-    (``.``), or urgent (``+``) with ``high``.  Trailing white space of a
-    command is dropped.  The record is written whole with the append recipe
-    (append_to_shared_file): workers never see part of it, and appends from
-    other processes or hosts never tear its lines.  Returns the number of
-    jobs appended.
+    (``max_running``: a whole number up to 2**31-1, or ``"none"`` to lift the
+    cap), a ``#runmaker barrier`` line, then one job line per command,
+    pending (``.``), or urgent (``+``) with ``high``.  Trailing white space
+    of a command is dropped.  The record is written whole or not at all
+    (append_to_shared_file, with placeholder first bytes): workers never see
+    or run part of it, whatever happens to this process, and appends from
+    other processes or hosts never tear its lines.  Waits at most
+    _APPEND_PATIENCE seconds for the append lock, saying so through ``warn``
+    if it has to wait.  Returns the number of jobs appended.
 
-    Raises RunmakerError for an empty command or one with a line break in
-    it; RunmakerFailure when the file system fails under it (a full disk).
+    Raises RunmakerError for an empty command, one with a line break in it,
+    or a bad ``max_running``; RunmakerFailure when the file cannot take the
+    record (disk full, file size limit: nothing was added) or its append
+    lock stays held.
     """
-    with _failing_as_runtime_error(path):
-        state = b"+ " if high else b". "
-        parts: list[bytes] = []
-        if max_running is not None:
-            parts.append(b"#runmaker max-running %s\n" % str(max_running).encode())
-        if barrier:
-            parts.append(b"#runmaker barrier\n")
-        count = 0
-        for command in commands:
-            command = command.rstrip(_TRAILING_SPACE)
-            if not command:
-                raise RunmakerError(f"{path}: cannot add an empty command")
-            if b"\n" in command or b"\r" in command:
-                raise RunmakerError(
-                    f"{path}: a command must fit on one line: {_shown(command)!r}"
+    state = b"+ " if high else b". "
+    directives: list[bytes] = []
+    if max_running is not None:
+        directives.append(b"runmaker max-running %s\n" % _cap_argument(path, max_running).encode())
+    if barrier:
+        directives.append(b"runmaker barrier\n")
+    jobs: list[bytes] = []
+    for command in commands:
+        command = command.rstrip(_TRAILING_SPACE)
+        if not command:
+            raise RunmakerError(f"{path}: cannot add an empty command")
+        if b"\n" in command or b"\r" in command:
+            raise RunmakerError(
+                f"{path}: a command must fit on one line: {_shown(command)!r}"
+            )
+        jobs.append(command + b"\n")
+    if not directives and not jobs:
+        return 0
+    # Placeholders first (see append_to_shared_file): "/runmaker" is a
+    # comment, "~" a state nothing runs.
+    record = b"".join(b"/" + line for line in directives) + b"".join(_PLACEHOLDER + line for line in jobs)
+    real = [b"".join(b"#" + line for line in directives), b"".join(state + line for line in jobs)]
+    real = [piece for piece in real if piece]
+    fd = _open_job_file(path, writable=True)
+    try:
+        check_file_locking(path, fd=fd)
+
+        def waiting() -> None:
+            if warn is not None:
+                warn(
+                    f"runset: {path}: waiting for the append lock, which another process holds "
+                    f"(gives up after {_APPEND_PATIENCE:.0f} s)"
                 )
-            parts.append(state + command + b"\n")
-            count += 1
-        if not parts:
-            return 0
-        fd = _open_job_file(path, writable=True)
+
         try:
-            check_file_locking(path, fd=fd)
-            append_to_shared_file(fd, b"".join(parts))
-        finally:
-            os.close(fd)
-        return count
+            append_to_shared_file(fd, record, real=real, patience=_APPEND_PATIENCE, waiting=waiting)
+        except TimeoutError:
+            raise RunmakerFailure(
+                f"{path}: the append lock stayed held for {_APPEND_PATIENCE:.0f} s; nothing was added"
+            ) from None
+        except OSError as exc:
+            raise RunmakerFailure(
+                f"{path}: cannot append: {exc.strerror or exc}; nothing was added"
+            ) from None
+    finally:
+        os.close(fd)
+    return len(jobs)
+
+
+def _cap_argument(path: str, value: int | str) -> str:
+    """A max-running argument as written to the file: ``none`` or digits."""
+    text = str(value)
+    if text == "none":
+        return text
+    if not _MAX_RUNNING_ARG.match(text):
+        raise RunmakerError(f"{path}: max-running takes a whole number or 'none', not {text!r}")
+    number = parse_cap(text.encode())
+    if number is None:
+        raise RunmakerError(
+            f"{path}: max-running {shorten_number(text)} is above the largest cap, {MAX_CAP}"
+        )
+    return str(number)
 
 
 @dataclass
@@ -2361,24 +2538,33 @@ def _jobs_named(jobfile: JobFile, specs: tuple[str, ...]) -> list[int]:
         match = _JOB_SPEC.match(spec)
         if match is None:
             raise RunmakerError(f"{path}: {spec!r} is not a line number or a range A-B")
-        first = int(match[1])
+        # Past the end of any file: int() would refuse a long one (4,300 digits).
+        beyond = jobfile.line_count + 1
+        first = _line_number(match[1], beyond)
+        shown = shorten_number(match[1].lstrip("0") or "0")
         if match[2] is None:
             index = jobfile.index_of_line(first)
             if index is None:
                 past = f" (the file has {jobfile.line_count} lines)" if first > jobfile.line_count else ""
-                raise RunmakerError(f"{path}:{first}: no job at this line{past}")
+                raise RunmakerError(f"{path}:{shown}: no job at this line{past}")
             chosen.add(index)
             continue
-        last = int(match[2])
+        last = _line_number(match[2], beyond)
         if not 1 <= first <= last:
-            raise RunmakerError(f"{path}: {spec!r}: a range A-B needs 1 <= A <= B")
+            raise RunmakerError(f"{path}: {shorten_number(spec)!r}: a range A-B needs 1 <= A <= B")
         if last > jobfile.line_count:
             raise RunmakerError(
-                f"{path}:{spec}: the range runs past the end of the file "
-                f"({jobfile.line_count} lines)"
+                f"{path}:{shown}-{shorten_number(match[2].lstrip('0') or '0')}: the range runs past "
+                f"the end of the file ({jobfile.line_count} lines)"
             )
         chosen.update(range(bisect.bisect_left(lines, first), bisect.bisect_right(lines, last)))
     return sorted(chosen)
+
+
+def _line_number(digits: str, beyond: int) -> int:
+    """ASCII digits as a line number; ``beyond`` for one past any line we have."""
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= len(str(beyond)) else beyond
 
 
 def _probe_running_jobs(jobfile: JobFile, states: bytearray, chosen: Sequence[int]) -> set[int]:

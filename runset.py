@@ -29,8 +29,13 @@ def _max_running(
         return None
     if value == "none":
         return "none"
-    if value.isdigit():
-        return int(value)
+    if value.isascii() and value.isdigit():
+        cap = runmaker.parse_cap(value.encode())
+        if cap is None:
+            raise click.BadParameter(
+                f"{runmaker.shorten_number(value)} is above the largest cap, {runmaker.MAX_CAP}", ctx, param
+            )
+        return cap
     raise click.BadParameter(f"{value!r} is neither a whole number nor 'none'", ctx, param)
 
 
@@ -121,7 +126,8 @@ def main(
     _check_combination(selection, appending=appending, setting=set_state is not None,
                        showing=showing, high=high, adding=bool(add))
     if appending:
-        runmaker.append_jobs(file, _commands(add), high=high, max_running=max_running, barrier=barrier)
+        runmaker.append_jobs(file, _commands(add), high=high, max_running=max_running, barrier=barrier,
+                             warn=runmaker.echo_to_stderr)
     elif set_state is not None:
         refused = runmaker.set_job_states(file, selection, set_state, warn=runmaker.echo_to_stderr)
         for line in refused:
