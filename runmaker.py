@@ -30,6 +30,7 @@ import json
 import operator
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -120,6 +121,8 @@ _INDEX_CHUNK = 1 << 20  # bytes of the job file split into lines at once
 _REFRESH_GAP = 0.1  # seconds between looks for appended lines while busy
 _POLL = 0.5  # seconds between looks while waiting for a cap, barrier or work
 _KILL_GRACE = 5.0  # seconds from SIGTERM to SIGKILL
+_LONGEST_SLEEP = 3600.0  # the event loop wakes at least this often
+_SPARE_FILES = 16  # descriptors a worker needs besides its jobs' (job file, logs, pipes)
 _EXIT_SIGNALLED = 130
 _TCP_PORT = 9998  # --port's default; TCP mode itself lives in runmaker_tcp.py
 
@@ -1249,22 +1252,138 @@ class Scheduler:
 # --------------------------------------------------------------------------
 
 
-def _open_record_file(path: str, what: str, job_identity: tuple[int, int] | None) -> int:
+# Records are opened safely (SPEC section 4): never through a symbolic link
+# (O_NOFOLLOW), never a FIFO or device (O_NONBLOCK, so the open itself cannot
+# hang, then fstat of the descriptor), never a file another user owns, never
+# the job file.  Every check is made on a descriptor, not a name another user
+# could swap between the check and the open, and a file is truncated only
+# after the checks, through the descriptor.  A file that may be the job file
+# is first opened with O_PATH: closing such a descriptor drops no POSIX lock,
+# while closing any other descriptor of the job file drops every job lock
+# this process holds.
+_RECORD_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+_O_PATH = getattr(os, "O_PATH", 0)
+_RECORD_PATIENCE = 2.0  # seconds a worker waits for a record's append lock
+
+
+def _stranger(st: os.stat_result, job_identity: tuple[int, int] | None) -> str | None:
+    """Why a record file must not be written, or None if it may be."""
+    if stat.S_ISLNK(st.st_mode):
+        return "was a symbolic link"
+    if stat.S_ISFIFO(st.st_mode):
+        return "was a FIFO"
+    if not stat.S_ISREG(st.st_mode):
+        return "was not a regular file"
+    if (st.st_dev, st.st_ino) == job_identity:
+        return "is the job file itself"
+    if st.st_uid != os.geteuid():
+        return f"belonged to another user (uid {st.st_uid})"
+    return None
+
+
+def _check_record_path(path: str, what: str, job_identity: tuple[int, int] | None) -> None:
+    """Refuse an unusable log or job log path before anything is created."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        st = os.lstat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(path) or "."
+        if not os.path.isdir(parent):
+            raise RunmakerError(f"{path}: cannot open the {what}: No such file or directory") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunmakerError(f"{path}: cannot open the {what}: Permission denied") from None
+        return
+    except OSError as exc:
+        raise RunmakerError(f"{path}: cannot open the {what}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise RunmakerError(f"{path}: is a symbolic link; runmaker does not follow one to write the {what}")
+    if stat.S_ISDIR(st.st_mode):
+        raise RunmakerError(f"{path}: is a directory, not a {what}")
+    _refuse_record(path, what, st, job_identity)
+
+
+def _refuse_record(path: str, what: str, st: os.stat_result, job_identity: tuple[int, int] | None) -> None:
+    why = _stranger(st, job_identity)
+    if why is None:
+        return
+    if why.startswith("belonged"):
+        raise RunmakerError(f"{path}: belongs to another user (uid {st.st_uid}), cannot be the {what}")
+    if why.startswith("is the job file"):
+        raise RunmakerError(f"{path}: is the job file itself, cannot be the {what}")
+    raise RunmakerError(f"{path}: not a regular file, cannot be the {what}")
+
+
+def _open_record_file(path: str, what: str, job_identity: tuple[int, int] | None) -> int:
+    """Open (or create) a log or job log after _check_record_path said it may be."""
+    try:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _RECORD_FLAGS, 0o666)
+        except FileExistsError:
+            reopened = _reopen_checked(path, os.O_RDWR, job_identity)
+            if reopened is None:
+                _refuse_record(path, what, os.lstat(path), job_identity)
+                raise RunmakerError(f"{path}: changed while it was opened, cannot be the {what}") from None
+            fd = reopened
     except IsADirectoryError:
         raise RunmakerError(f"{path}: is a directory, not a {what}") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunmakerError(
+                f"{path}: is a symbolic link; runmaker does not follow one to write the {what}"
+            ) from None
         raise RunmakerError(f"{path}: cannot open the {what}: {exc.strerror}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise RunmakerError(f"{path}: not a regular file, cannot be the {what}")
-    if (st.st_dev, st.st_ino) == job_identity:
-        # Closing this second descriptor would drop every job lock we hold.
-        os.close(fd)
-        raise RunmakerError(f"{path}: is the job file itself, cannot be the {what}")
+    os.set_blocking(fd, True)
     return fd
+
+
+def _reopen_checked(path: str, mode: int, job_identity: tuple[int, int] | None) -> int | None:
+    """Open an existing record file for writing if it may be written, else None.
+
+    Looked at through an O_PATH descriptor (no open of a FIFO, and no lock
+    dropped if it is the job file), then opened again through that very
+    descriptor, so it is the file that was checked.
+    """
+    if not _O_PATH:
+        fd = os.open(path, mode | _RECORD_FLAGS)
+        if _stranger(os.fstat(fd), job_identity) is not None:
+            os.close(fd)  # no O_PATH: not Linux, where a close of the job file could drop locks
+            return None
+        return fd
+    probe = os.open(path, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if _stranger(os.fstat(probe), job_identity) is not None:
+            return None
+        try:
+            return os.open(f"/proc/self/fd/{probe}", mode | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        except FileNotFoundError:  # no /proc: open the name and compare
+            fd = os.open(path, mode | _RECORD_FLAGS)
+            mine, checked = os.fstat(fd), os.fstat(probe)
+            if (mine.st_dev, mine.st_ino) != (checked.st_dev, checked.st_ino):
+                os.close(fd)
+                return None
+            return fd
+    finally:
+        os.close(probe)
+
+
+def _check_logdir(path: str) -> None:
+    """Refuse an unusable --logdir before anything is created."""
+    try:
+        st = os.stat(path)  # a symbolic link to a directory is the user's choice
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.lexists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise RunmakerError(f"{path}: cannot create the log directory: Not a directory") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunmakerError(f"{path}: cannot create the log directory: Permission denied") from None
+        return
+    except OSError as exc:
+        raise RunmakerError(f"{path}: cannot create the log directory: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise RunmakerError(f"{path}: not a directory, cannot be the log directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunmakerError(f"{path}: log directory is not writable")
 
 
 @dataclass
@@ -1278,54 +1397,145 @@ class _Outcome:
 
 
 class _Records:
-    """Where finished jobs are written down, opened and checked before any job runs."""
+    """Where finished jobs are written down, opened and checked before any job runs.
 
-    def __init__(self, options: WorkerOptions, job_identity: tuple[int, int] | None) -> None:
+    Every path is checked before any is created, so an input error creates
+    nothing.  Writing a record never stops the worker: each kind of record
+    that cannot be written is named once on stderr (through ``notify``) and
+    the jobs go on.
+    """
+
+    def __init__(
+        self,
+        options: WorkerOptions,
+        job_identity: tuple[int, int] | None,
+        notify: Callable[[str], None] = lambda message: None,
+    ) -> None:
         self.loglines = options.loglines
         self.job_identity = job_identity
+        self.notify = notify
         self.cwd = os.getcwd()
+        self.logdir = options.logdir
+        self.logfile, self.joblog = options.logfile, options.joblog
+        self._told: set[str] = set()
+        for path, what in ((options.logfile, "log file"), (options.joblog, "job log")):
+            if path:
+                _check_record_path(path, what, job_identity)
+        if self.logdir is not None:
+            _check_logdir(self.logdir)
         self.log_fd = (
             _open_record_file(options.logfile, "log file", job_identity) if options.logfile else None
         )
         self.joblog_fd = (
             _open_record_file(options.joblog, "job log", job_identity) if options.joblog else None
         )
-        self.logdir = options.logdir
         if self.logdir is not None:
             try:
                 os.makedirs(self.logdir, exist_ok=True)
             except OSError as exc:
+                self.close()
                 raise RunmakerError(
                     f"{self.logdir}: cannot create the log directory: {exc.strerror}"
                 ) from None
-            if not os.path.isdir(self.logdir):
-                raise RunmakerError(f"{self.logdir}: not a directory, cannot be the log directory")
-            if not os.access(self.logdir, os.W_OK | os.X_OK):
-                raise RunmakerError(f"{self.logdir}: log directory is not writable")
+
+    def logdir_open_to_others(self) -> bool:
+        """True when users other than this one may write in --logdir."""
+        if self.logdir is None:
+            return False
+        try:
+            st = os.stat(self.logdir)
+        except OSError:
+            return False
+        if st.st_mode & stat.S_IWOTH:
+            return True
+        return bool(st.st_mode & stat.S_IWGRP) and st.st_gid != os.getgid()
 
     def open_job_files(self, line: int, first_attempt: bool) -> tuple[int, int] | None:
-        """Open LINE.out and LINE.err (fresh for a new claim, continued on retry)."""
+        """Open LINE.out and LINE.err (fresh for a new claim, continued on retry).
+
+        A file another user put in the way (a symbolic link, a FIFO, a file
+        of theirs) is replaced with a new one of ours, and named; None when
+        the files cannot be had (the job then runs without them).
+        """
         if self.logdir is None:
             return None
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if first_attempt else os.O_APPEND)
-        base = os.path.join(self.logdir, str(line))
         fds: list[int] = []
-        try:
-            for name in (base + ".out", base + ".err"):
-                try:
-                    st = os.stat(name)
-                except FileNotFoundError:
-                    pass
-                else:
-                    if (st.st_dev, st.st_ino) == self.job_identity:
-                        # O_TRUNC would empty it, and closing it would drop our locks.
-                        raise OSError(errno.EEXIST, f"{name} is the job file itself")
-                fds.append(os.open(name, flags, 0o666))
-        except OSError:
-            for fd in fds:
-                os.close(fd)
-            raise
+        for kind in ("out", "err"):
+            fd = self._open_job_file(line, kind, first_attempt)
+            if fd is None:
+                for opened in fds:
+                    os.close(opened)
+                return None
+            fds.append(fd)
         return fds[0], fds[1]
+
+    def _open_job_file(self, line: int, kind: str, first_attempt: bool) -> int | None:
+        assert self.logdir is not None
+        name = os.path.join(self.logdir, f"{line}.{kind}")
+        for _ in range(3):
+            try:
+                try:
+                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _RECORD_FLAGS, 0o666)
+                except FileExistsError:
+                    mode = os.O_WRONLY | (0 if first_attempt else os.O_APPEND)
+                    reopened = _reopen_checked(name, mode, self.job_identity)
+                    if reopened is None:
+                        if not self._replace(line, name):
+                            return None
+                        continue
+                    fd = reopened
+                    if first_attempt:
+                        os.ftruncate(fd, 0)  # only now: after the checks, on the descriptor
+                os.set_blocking(fd, True)
+                return fd
+            except FileNotFoundError:
+                if not self._make_logdir_again():
+                    return None
+            except OSError as exc:
+                self.tell_once("logdir", f"runmaker: {self.logdir}: cannot write the --logdir files "
+                                         f"({exc.strerror}); the jobs go on without them")
+                return None
+        self.notify(
+            f"runmaker: line {line}: {name} was replaced while it was opened; its output is not recorded"
+        )
+        return None
+
+    def _replace(self, line: int, name: str) -> bool:
+        """Remove a file another user put where a job's output goes; False if it must stay."""
+        try:
+            why = _stranger(os.lstat(name), self.job_identity) or "was replaced while it was opened"
+        except FileNotFoundError:
+            return True  # gone already: create ours
+        if why.startswith("is the job file"):
+            self.notify(f"runmaker: line {line}: {name} is the job file itself; its output is not recorded")
+            return False
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self.notify(f"runmaker: line {line}: {name} {why} and cannot be removed ({exc.strerror}); "
+                        "its output is not recorded")
+            return False
+        self.notify(f"runmaker: line {line}: {name} {why}; replaced it with a new file")
+        return True
+
+    def _make_logdir_again(self) -> bool:
+        assert self.logdir is not None
+        try:
+            os.makedirs(self.logdir, exist_ok=True)
+        except OSError as exc:
+            self.tell_once("logdir", f"runmaker: {self.logdir}: cannot write the --logdir files "
+                                     f"({exc.strerror}); the jobs go on without them")
+            return False
+        self.notify(f"runmaker: {self.logdir}: the log directory was removed; made it again")
+        return True
+
+    def tell_once(self, key: str, message: str) -> None:
+        """Name a record that cannot be written, once per kind of record."""
+        if key not in self._told:
+            self._told.add(key)
+            self.notify(message)
 
     def job_ended(
         self,
@@ -1337,14 +1547,13 @@ class _Records:
         started: float,
         runtime: float,
         outcome: _Outcome,
-    ) -> list[str]:
-        """Append the job's log block and job-log row; return what could not be written.
+    ) -> None:
+        """Append the job's log block and job-log row, each whole or not at all.
 
         A full disk or a vanished server must not cost the job its state
         byte (the worker would die holding it, and the job would look
-        lost), so write errors are handed back as messages instead.
+        lost): a record that cannot be written is named once and dropped.
         """
-        problems = []
         if self.log_fd is not None:
             parts = [b".-> ", command, b" (in ", os.fsencode(self.cwd), b")\n"]
             lines = list(tail or ())
@@ -1352,10 +1561,7 @@ class _Records:
             if self.loglines:
                 lines = lines[-self.loglines :]
             parts.extend(part + b"\n" for part in lines)
-            try:
-                append_to_shared_file(self.log_fd, b"".join(parts))
-            except OSError as exc:
-                problems.append(f"cannot append to the log file: {exc.strerror}")
+            self._append("log", self.log_fd, b"".join(parts), b"")
         if self.joblog_fd is not None:
             row = "%d\t%s\t%.3f\t%.3f\t0\t0\t%d\t%d\t%s\n" % (
                 line,
@@ -1366,16 +1572,25 @@ class _Records:
                 outcome.signal,
                 _shown(command),
             )
-            try:
-                append_to_shared_file(self.joblog_fd, row.encode(), header=_JOBLOG_HEADER)
-            except OSError as exc:
-                problems.append(f"cannot append to the job log: {exc.strerror}")
-        return problems
+            self._append("joblog", self.joblog_fd, row.encode(), _JOBLOG_HEADER)
+
+    def _append(self, key: str, fd: int, record: bytes, header: bytes) -> None:
+        what = "log file" if key == "log" else "job log"
+        try:
+            append_to_shared_file(fd, record, header=header, patience=_RECORD_PATIENCE)
+        except TimeoutError:
+            self.tell_once(key + "-lock", f"runmaker: the {what}'s append lock is held by another process; "
+                                          "records it could not take are dropped, the jobs go on")
+        except OSError as exc:
+            path = self.logfile if key == "log" else self.joblog
+            self.tell_once(key, f"runmaker: {path}: cannot write the {what} ({exc.strerror}); "
+                                "records it cannot take are dropped, the jobs go on")
 
     def close(self) -> None:
         for fd in (self.log_fd, self.joblog_fd):
             if fd is not None:
                 os.close(fd)
+        self.log_fd = self.joblog_fd = None
 
 
 # --------------------------------------------------------------------------
@@ -1411,6 +1626,7 @@ class _JobProcess:
     (the Worker's buffer, written out by its loop), or, with a shared log,
     the last lines are kept in ``tail`` for the job's log block.  No line is
     ever cut by another job's, since only whole lines leave this class.
+    ``notify`` hears why the ``--logdir`` files could not be written.
     """
 
     def __init__(
@@ -1532,10 +1748,7 @@ class _JobProcess:
                 _write_all(self.files[stream], data)
             except OSError as exc:
                 # Keep the job running and its other records going.
-                self._notify(
-                    f"runmaker: line {self.claim.line}: cannot write to --logdir, "
-                    f"its files are left incomplete: {exc.strerror}"
-                )
+                self._notify(exc.strerror or str(exc))
                 self.close_files()
         if self._partial[stream]:
             data = self._partial[stream] + data
@@ -1819,10 +2032,10 @@ class Worker:
             files = self.records.open_job_files(claim.line, attempt == 1)
             job = _JobProcess(
                 claim, attempt, local_slot, env=env, host=self._host, files=files,
-                tail=collections.deque(maxlen=self.options.loglines or None)
+                tail=collections.deque(maxlen=min(self.options.loglines, sys.maxsize) or None)
                 if self.records.log_fd is not None
                 else None,
-                timeout=self.options.timeout, console=self._console_parts, notify=self.notify,
+                timeout=self.options.timeout, console=self._console_parts, notify=self._logdir_failed,
             )
         except (OSError, ValueError) as exc:
             for fd in files or ():
@@ -1836,6 +2049,13 @@ class Worker:
             self._watched[fd] = job
         if not self.options.quiet:
             self._console_parts.append(b"status (" + job.pid_tag + b'): forked "' + quoted + b'"\n')
+
+    def _logdir_failed(self, why: str) -> None:
+        self.records.tell_once(
+            "logdir",
+            f"runmaker: {self.records.logdir}: cannot write the --logdir files ({why}); "
+            "the jobs go on, their files left incomplete",
+        )
 
     def _could_not_start(self, claim: Claim, attempt: int, local_slot: int, reason: str) -> None:
         outcome = _Outcome("e", f"error {reason}", -1, 0)
@@ -1904,10 +2124,9 @@ class Worker:
         runtime: float,
         outcome: _Outcome,
     ) -> None:
-        for problem in self.records.job_ended(
+        self.records.job_ended(
             claim.command, tail, status, claim.line, self.options.host, started, runtime, outcome
-        ):
-            self.notify(f"runmaker: line {claim.line}: {problem}")
+        )
 
     def _finish(self, claim: Claim, state: str, local_slot: int) -> None:
         self.source.finish_job(claim, state)
@@ -2645,11 +2864,12 @@ def run_worker(
     the first byte of the job file is written; a bad one raises
     RunmakerError and leaves the file untouched.
     """
+    _check_open_file_limit(options.jobs, options.logdir is not None)
     jobfile = JobFile(path, warn=notify)
     try:
         check_file_locking(path, fd=jobfile.fd)
         options = dataclasses.replace(options, job_file=os.path.abspath(path))
-        records = _Records(options, jobfile.identity)
+        records = _Records(options, jobfile.identity, notify)
         for fd, name, what in (
             (jobfile.fd, path, "its lines run as you"),
             (records.log_fd, options.logfile, "it records what your jobs did"),
@@ -2657,16 +2877,71 @@ def run_worker(
         ):
             if fd is not None and _writable_by_others(fd):
                 notify(f"Warning: {name}: other users can write this file, and {what}")
+        if records.logdir_open_to_others():
+            notify(f"Warning: {options.logdir}: other users can write this log directory: "
+                   "they can delete your jobs' output files")
         try:
-            scheduler = Scheduler(jobfile, retry=retry)
-            try:
-                return Worker(scheduler, options, records, console=console, notify=notify).run()
-            finally:
-                scheduler.close()
+            return _run_scheduled(jobfile, options, records, retry=retry, console=console, notify=notify)
         finally:
             records.close()
     finally:
         jobfile.close()
+
+
+def _run_scheduled(
+    jobfile: JobFile,
+    options: WorkerOptions,
+    records: _Records,
+    *,
+    retry: bool,
+    console: BinaryIO,
+    notify: Callable[[str], None],
+) -> int:
+    """The worker proper; a job file failing under it is one Error: line, exit 1.
+
+    Any OSError that reaches here comes from the job file: console, records
+    and job starts handle their own.  The Worker has stopped its jobs by
+    then; nothing more is written (closing only releases the locks).
+    """
+    try:
+        scheduler = Scheduler(jobfile, retry=retry)
+    except OSError as exc:
+        raise file_system_failed(jobfile.path, exc) from None
+    failed = False
+    try:
+        return Worker(scheduler, options, records, console=console, notify=notify).run()
+    except OSError as exc:
+        failed = True
+        raise file_system_failed(jobfile.path, exc) from None
+    finally:
+        try:
+            scheduler.close()
+        except OSError as exc:
+            if not failed:
+                raise file_system_failed(jobfile.path, exc) from None
+
+
+def _check_open_file_limit(jobs: int, logdir: bool) -> None:
+    """Refuse a -j the open-file limit cannot serve (a usage error, exit 2).
+
+    Each running job holds its two output pipes open in the worker (and with
+    --logdir its two files); past the limit os.pipe2 fails with EMFILE.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        used = 3
+    per_job = 4 if logdir else 2
+    room = max((soft - used - _SPARE_FILES) // per_job, 0)
+    if jobs > room:
+        most = "raise it" if hard == resource.RLIM_INFINITY or hard > soft else "it is the hard limit"
+        raise RunmakerError(
+            f"-j {jobs}: each job needs {per_job} open files and the open-file limit (ulimit -n) "
+            f"is {soft}, enough for -j {room}; lower -j or {most}"
+        )
 
 
 # --------------------------------------------------------------------------

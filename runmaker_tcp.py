@@ -43,6 +43,7 @@ from runmaker import (
     Scheduler,
     Worker,
     WorkerOptions,
+    _check_open_file_limit,
     _drain_wakeup,
     _Records,
     _signal_name,
@@ -1380,7 +1381,8 @@ def run_tcp_client(
     """
     secret = _client_token(token)
     host, port = _split_address(address, port)
-    records = _Records(options, None)
+    _check_open_file_limit(options.jobs, options.logdir is not None)
+    records = _Records(options, None, notify)
     previous = _stop_signals_raise()
     try:
         return _TcpClient(host, port, secret, options, records, console, notify, timings).run()
