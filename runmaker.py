@@ -1800,6 +1800,121 @@ class _JobProcess:
         return outcome
 
 
+# The guardian: a job never outlives its worker (SPEC section 3).  posix_spawn
+# cannot give a job a parent-death signal, and a job in its own session is
+# not killed with its worker's process group either.  So each worker starts
+# one small process in a session of its own, holding the only reading end of
+# a pipe whose writing end only the worker holds (close-on-exec: no job
+# inherits it).  The worker writes "+PGID" as it starts a job and "-PGID"
+# once it has reaped it; when the pipe reaches end of file -- the worker has
+# exited, however it died -- the guardian SIGKILLs every group still listed.
+_GUARDIAN = r"""
+import os, signal
+for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE):
+    signal.signal(signum, signal.SIG_IGN)
+groups, rest = set(), b""
+while True:
+    try:
+        data = os.read(0, 65536)
+    except OSError:
+        break
+    if not data:
+        break
+    *lines, rest = (rest + data).split(b"\n")
+    for line in lines:
+        if line[:1] == b"+":
+            groups.add(int(line[1:]))
+        elif line[:1] == b"-":
+            groups.discard(int(line[1:]))
+for group in groups:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class _Guardian:
+    """The worker's side of its guardian process (see _GUARDIAN)."""
+
+    def __init__(self, *, start: bool = True) -> None:
+        self._groups: set[int] = set()
+        self._pending = b""
+        self._fd: int | None = None
+        self._pid: int | None = None
+        if start:
+            self._start()
+
+    def watch(self, pgid: int) -> None:
+        """A job just started in process group ``pgid``."""
+        self._groups.add(pgid)
+        self._send(b"+%d\n" % pgid)
+
+    def forget(self, pgids: list[int]) -> None:
+        """These jobs were reaped: their groups are no longer ours to kill."""
+        self._groups.difference_update(pgids)
+        self._send(b"".join(b"-%d\n" % pgid for pgid in pgids))
+
+    def close(self) -> None:
+        """Let the guardian go (it kills what is still listed) and reap it."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._pid is not None:
+            try:
+                os.waitpid(self._pid, 0)
+            except ChildProcessError:
+                pass  # reaped by the worker's waitpid(-1) already
+            self._pid = None
+
+    def _start(self) -> None:
+        if not sys.executable:
+            return  # no interpreter to run it with: jobs may outlive a SIGKILLed worker
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-I", "-S", "-c", _GUARDIAN],
+                {},
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, read_end, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0),
+                ],
+                setsid=True,  # outlives a SIGKILL of the worker's process group (scancel)
+            )
+        except OSError:
+            os.close(write_end)
+            return
+        finally:
+            os.close(read_end)
+        os.set_blocking(write_end, False)  # a stopped guardian must not stop the worker
+        self._fd = write_end
+        self._pending = b"".join(b"+%d\n" % pgid for pgid in self._groups)
+        self._send(b"")
+
+    def _send(self, data: bytes) -> None:
+        if self._fd is None:
+            return
+        self._pending += data
+        try:
+            while self._pending:
+                self._pending = self._pending[os.write(self._fd, self._pending) :]
+        except BlockingIOError:
+            pass  # sent with the next message
+        except OSError:
+            # The guardian died (someone killed it): start another that
+            # knows every running job.
+            os.close(self._fd)
+            self._fd = None
+            if self._pid is not None:
+                try:
+                    os.waitpid(self._pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            self._start()
+
+
 class JobSource(Protocol):
     """Where a Worker's jobs come from: a Scheduler on the job file, or a TCP server."""
 
@@ -1860,10 +1975,14 @@ class Worker:
         self.options = options
         self.records = records
         self.notify = notify
-        self._console = console
+        console.flush()
+        self._console_fd = console.fileno()
         self._console_parts: list[bytes] = []
         self._console_broken = False
+        self._console_failed = False
         self._running: dict[int, _JobProcess] = {}  # pid -> attempt
+        self._deferred: list[tuple[Claim, int, int]] = []  # claimed, waiting for descriptors
+        self._guardian = _Guardian(start=False)  # started by run()
         self._free_slots = list(range(options.jobs))
         self._poller = select.poll()
         self._watched: dict[int, _JobProcess] = {}  # pipe fd -> its job
@@ -1890,6 +2009,7 @@ class Worker:
             self._poller.register(wake_r, select.POLLIN)
             if self.link is not None:
                 self._poller.register(self.link.fileno(), select.POLLIN)
+            self._guardian = _Guardian()
             try:
                 self._loop(wake_r)
             except BaseException:
@@ -1900,6 +2020,7 @@ class Worker:
                 self._stop_jobs_now()
                 raise
             finally:
+                self._guardian.close()
                 self._flush_console()
         if self._signalled:
             return _EXIT_SIGNALLED
@@ -1931,6 +2052,9 @@ class Worker:
                 self.source.refresh()
                 self._next_look = now + _POLL
             self.source.commit()
+            deferred, self._deferred = self._deferred, []
+            for claim, attempt, local_slot in deferred:
+                self._start(claim, attempt, local_slot)
             for claim in claims:
                 self._start(claim, 1, self._free_slots.pop(0))
             self._flush_console()
@@ -1964,7 +2088,8 @@ class Worker:
             wait = self.link.timeout(now)
             if wait is not None:
                 times.append(wait)
-        return max(0.0, min(times)) if times else None
+        # Bounded: a --timeout of 1e300 seconds must not overflow poll().
+        return max(0.0, min(min(times), _LONGEST_SLEEP)) if times else None
 
     def _check_link(self) -> None:
         """Once a remote source's link is broken: claim nothing more, stop every job."""
@@ -2010,6 +2135,7 @@ class Worker:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+        self._guardian.forget(list(self._running))
         self._running.clear()
 
     def _kill_all(self) -> None:
@@ -2040,9 +2166,17 @@ class Worker:
         except (OSError, ValueError) as exc:
             for fd in files or ():
                 os.close(fd)
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE) and self._running:
+                # Out of descriptors: start it once another job has ended
+                # (the claim and its local slot stay held meanwhile).
+                if not self.options.quiet:
+                    self._console_parts.pop()  # its "executing" line, said again then
+                self._deferred.append((claim, attempt, local_slot))
+                return
             reason = getattr(exc, "strerror", None) or str(exc)
             self._could_not_start(claim, attempt, local_slot, reason)
             return
+        self._guardian.watch(job.pid)  # at once: the worker may be killed any moment now
         self._running[job.pid] = job
         for fd in job.streams:
             self._poller.register(fd, select.POLLIN)
@@ -2074,16 +2208,22 @@ class Worker:
         self._finish(claim, outcome.state, local_slot)
 
     def _reap(self) -> None:
-        while self._running:
-            try:
-                pid, wait_status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            job = self._running.pop(pid, None)
-            if job is not None:
-                self._ended(job, wait_status)
+        reaped: list[int] = []
+        try:
+            while self._running:
+                try:
+                    pid, wait_status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    return
+                if pid == 0:
+                    return
+                job = self._running.pop(pid, None)
+                if job is not None:
+                    reaped.append(pid)
+                    self._ended(job, wait_status)
+        finally:
+            if reaped:
+                self._guardian.forget(reaped)
 
     def _enforce_deadlines(self, now: float) -> None:
         for job in self._running.values():
@@ -2155,14 +2295,19 @@ class Worker:
         if self._console_broken:
             return
         try:
-            # Under PYTHONUNBUFFERED sys.stdout.buffer is a raw FileIO: a
-            # write into a full pipe that SIGCHLD interrupts writes only part.
-            view = memoryview(data)
-            while view:
-                view = view[self._console.write(view) :]
-            self._console.flush()
+            # Straight to the descriptor: a buffered writer would keep what
+            # a full disk refused and fail again when Python exits.  A write
+            # into a full pipe that SIGCHLD interrupts writes only part.
+            _write_all(self._console_fd, data)
         except BrokenPipeError:
             self._console_broken = True  # nobody reads: the jobs go on
+        except OSError as exc:
+            if not self._console_failed:
+                self._console_failed = True
+                self.notify(
+                    f"runmaker: cannot write to stdout ({exc.strerror}); "
+                    "its output is dropped, the jobs go on"
+                )
 
 
 def _wake_only(signum: int, frame: object) -> None:
@@ -2650,7 +2795,7 @@ def wait_for_jobs(
                 if counts.finished or counts.timed_out:
                     return counts
                 pause = interval if timeout is None else min(interval, timeout - counts.elapsed)
-                time.sleep(max(pause, 0.0))
+                time.sleep(min(max(pause, 0.0), _LONGEST_SLEEP))  # 1e300 s would overflow
         finally:
             watcher.close()
 
@@ -3023,8 +3168,22 @@ CLICK_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100
 
 
 def echo_to_stderr(message: str) -> None:
-    """The commands' way of showing a warning or notice: one line on stderr."""
-    click.echo(message, err=True)
+    """The commands' way of showing a warning or notice: one line on stderr.
+
+    Never raises: a full disk or a closed pipe behind stderr must not stop a
+    worker, and there is nowhere left to say so.  Written straight to the
+    descriptor, so nothing refused stays buffered to fail again at exit.
+    """
+    data = (message + "\n").encode("utf-8", "replace")
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a test harness
+        click.echo(message, err=True)
+        return
+    try:
+        _write_all(fd, data)
+    except OSError:
+        pass
 
 
 class OneLineErrorCommand(click.Command):
@@ -3042,10 +3201,16 @@ class OneLineErrorCommand(click.Command):
         except click.ClickException as exc:
             program = kwargs.get("prog_name") or os.path.basename(sys.argv[0]) or self.name
             hint = f" (see '{program} --help')" if isinstance(exc, click.UsageError) else ""
-            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+            echo_to_stderr(f"Error: {exc.format_message()}{hint}")
             sys.exit(exc.exit_code)
         except click.Abort:
-            click.echo("Aborted!", err=True)
+            echo_to_stderr("Aborted!")
+            sys.exit(1)
+        except OSError as exc:
+            # The last resort for a file system failing under a command
+            # (EIO, EROFS): a runtime failure, never a traceback.
+            where = f"{exc.filename}: " if exc.filename else ""
+            echo_to_stderr(f"Error: {where}{exc.strerror or exc}")
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
