@@ -80,6 +80,7 @@ __all__ = [
     "short_hostname",
     "shorten_number",
     "stop_signals_waking",
+    "usable_cpus",
     "wait_for_jobs",
     "work_is_over",
 ]
@@ -123,6 +124,8 @@ _POLL = 0.5  # seconds between looks while waiting for a cap, barrier or work
 _KILL_GRACE = 5.0  # seconds from SIGTERM to SIGKILL
 _LONGEST_SLEEP = 3600.0  # the event loop wakes at least this often
 _SPARE_FILES = 16  # descriptors a worker needs besides its jobs' (job file, logs, pipes)
+# Set in the jobs of Slurm, PBS/Torque and LSF: their time limit ends in SIGKILL.
+_BATCH_JOB_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")
 _EXIT_SIGNALLED = 130
 _TCP_PORT = 9998  # --port's default; TCP mode itself lives in runmaker_tcp.py
 
@@ -444,6 +447,95 @@ def shorten_number(text: str) -> str:
 def short_hostname() -> str:
     """This host's name as runmaker4 prints it: up to the first dot."""
     return socket.gethostname().split(".")[0] or "localhost"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: what ``-j 0`` means (SPEC section 4).
+
+    The smallest of its CPU affinity, its cgroups' CPU quota (cgroup v2
+    ``cpu.max`` or v1 ``cpu.cfs_quota_us``, its own or any parent's, rounded
+    up) and ``SLURM_CPUS_PER_TASK``: containers and batch systems that do
+    not bind CPUs limit a process in the last two ways only.
+    """
+    counts = [len(os.sched_getaffinity(0))]
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        counts.append(quota)
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        counts.append(int(slurm))
+    return max(1, min(counts))
+
+
+def _cgroup_cpu_quota() -> int | None:
+    """The CPU quota of this process's cgroups in whole CPUs (rounded up), None if unlimited."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            memberships = f.read().splitlines()
+        with open("/proc/self/mountinfo") as f:
+            mounts = f.read().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for membership in memberships:
+        hierarchy, controllers, path = membership.split(":", 2)
+        version2 = hierarchy == "0" and not controllers
+        if not version2 and "cpu" not in controllers.split(","):
+            continue
+        for root, mount_point in _cgroup_mounts(mounts, version2):
+            if root != "/" and path != root and not path.startswith(root + "/"):
+                continue  # another part of the hierarchy is mounted here
+            relative = path[len(root):] if root != "/" else path
+            directory = os.path.normpath(mount_point + "/" + relative)
+            # A parent's limit holds for everything below it: look up to the mount.
+            while True:
+                limit = _cpu_limit_in(directory, version2)
+                if limit is not None:
+                    limits.append(limit)
+                if len(directory) <= len(mount_point):
+                    break
+                directory = os.path.dirname(directory)
+    return min(limits) if limits else None
+
+
+def _cgroup_mounts(mounts: list[str], version2: bool) -> list[tuple[str, str]]:
+    """(root, mount point) of every cgroup2 mount, or of every v1 mount holding ``cpu``."""
+    found = []
+    for line in mounts:
+        left, _, right = line.partition(" - ")
+        fields, more = left.split(), right.split()
+        if len(fields) < 5 or len(more) < 3:
+            continue
+        if version2 and more[0] != "cgroup2":
+            continue
+        if not version2 and (more[0] != "cgroup" or "cpu" not in more[2].split(",")):
+            continue
+        found.append((_unescape_mount(fields[3]), _unescape_mount(fields[4])))
+    return found
+
+
+def _unescape_mount(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as \ooo octal.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _cpu_limit_in(directory: str, version2: bool) -> int | None:
+    """The CPU quota set on one cgroup directory, in whole CPUs rounded up, or None."""
+    try:
+        if version2:
+            with open(os.path.join(directory, "cpu.max")) as f:
+                quota_text, _, period_text = f.read().strip().partition(" ")
+        else:
+            with open(os.path.join(directory, "cpu.cfs_quota_us")) as f:
+                quota_text = f.read().strip()
+            with open(os.path.join(directory, "cpu.cfs_period_us")) as f:
+                period_text = f.read().strip()
+        quota, period = int(quota_text), int(period_text)
+    except (OSError, ValueError):
+        return None  # "max" or -1: no limit; no such file: no cpu controller here
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, -(-quota // period))
 
 
 def _writable_by_others(fd: int) -> bool:
@@ -849,6 +941,7 @@ class Claim:
     line: int
     command: bytes
     slot: int | None = None
+    was: str = "."  # its state before the claim: what --requeue puts back
 
 
 class Scheduler:
@@ -1129,7 +1222,7 @@ class Scheduler:
         self._dirty = True
         self._acted_since_rescan = True
         self.states[index] = _RUNNING
-        claim = Claim(index, self.jobfile.lines[index], self.jobfile.command(index), slot)
+        claim = Claim(index, self.jobfile.lines[index], self.jobfile.command(index), slot, chr(state))
         self.held[index] = claim
         self.attempted.add(index)
         return claim
@@ -1390,8 +1483,8 @@ def _check_logdir(path: str) -> None:
 class _Outcome:
     """How one attempt of a job ended."""
 
-    state: str  # "d", "!" or "e"
-    status: str  # "exit 0", "signal SIGKILL", "timeout", "error ..."
+    state: str  # "d", "!" or "e"; or the state before the claim, for "requeued"
+    status: str  # "exit 0", "signal SIGKILL", "timeout", "requeued", "error ..."
     exitval: int
     signal: int
 
@@ -1612,6 +1705,7 @@ class WorkerOptions:
     loglines: int = 3
     logdir: str | None = None
     joblog: str | None = None
+    requeue: bool = False  # a stop signal puts running jobs back (SPEC section 4, Signals)
     host: str = field(default_factory=short_hostname)
     job_file: str = ""  # RUNMAKER_FILE: absolute path of the job file
 
@@ -1658,6 +1752,7 @@ class _JobProcess:
         self.kill_at: float | None = None
         self.timed_out = False
         self.interrupted = False
+        self.requeued = False  # goes back to the state it was claimed from
         pid_tag = b"%s,%d" % (host, self.pid)
         self.pid_tag = pid_tag
         self._tags = (b"stdout (" + pid_tag + b"): ", b"stderr (" + pid_tag + b"): ")
@@ -1700,9 +1795,12 @@ class _JobProcess:
         """Send ``signum`` to the job's whole process group."""
         _signal_group(self.pid, signum)
 
-    def interrupt(self, kill_at: float) -> None:
-        """SIGTERM now, SIGKILL at ``kill_at``; the job ends 'e'."""
+    def interrupt(self, kill_at: float, *, requeue: bool = False) -> None:
+        """SIGTERM now, SIGKILL at ``kill_at``; the job ends 'e', or with ``requeue`` goes back."""
+        if self.interrupted:
+            return  # being stopped already: its SIGKILL time and its fate stand
         self.interrupted = True
+        self.requeued = requeue
         self.kill_at = kill_at
         self.signal(signal.SIGTERM)
 
@@ -1789,6 +1887,9 @@ class _JobProcess:
         self.close_files()
         code = os.waitstatus_to_exitcode(wait_status)
         signum = -code if code < 0 else 0
+        if self.requeued:
+            # Stopped by --requeue: however it ended, it did not run to its end.
+            return _Outcome(self.claim.was, "requeued", -1, signum)
         if self.timed_out and not self.interrupted:
             outcome = _Outcome("!", "timeout", -1, signum)
         elif code < 0:
@@ -1987,9 +2088,8 @@ class Worker:
         self._poller = select.poll()
         self._watched: dict[int, _JobProcess] = {}  # pipe fd -> its job
         self._signals: list[int] = []
-        self._signals_seen = 0
+        self._stop_signals = 0  # SIGINT, SIGTERM, SIGHUP seen (SIGUSR1 is no stop signal)
         self._draining = False
-        self._signalled = False
         self._replaced = False
         self._succeeded = False
         self._next_look = 0.0
@@ -2005,7 +2105,7 @@ class Worker:
 
     def run(self) -> int:
         """Run jobs until nothing is left (or a signal drains); return the exit status."""
-        with stop_signals_waking(self._on_signal, children=True) as wake_r:
+        with stop_signals_waking(self._on_signal, children=True, planned=True) as wake_r:
             self._poller.register(wake_r, select.POLLIN)
             if self.link is not None:
                 self._poller.register(self.link.fileno(), select.POLLIN)
@@ -2022,7 +2122,7 @@ class Worker:
             finally:
                 self._guardian.close()
                 self._flush_console()
-        if self._signalled:
+        if self._stop_signals:
             return _EXIT_SIGNALLED
         return 1 if self._failures or self._replaced else 0
 
@@ -2111,19 +2211,42 @@ class Worker:
         self._signals.append(signum)
 
     def _handle_signals(self) -> None:
+        """Act on the signals caught since the last look (SPEC section 4, Signals).
+
+        SIGUSR1, a batch system's warning before its time limit, drains:
+        the running jobs may finish, and the exit status is the usual one.
+        The first stop signal drains too; a second one kills the running
+        jobs (they end 'e').  With --requeue a stop signal stops them at
+        once and puts each back as it was, since a batch system sends
+        SIGKILL soon after it.  Each message says what the next step does.
+        """
         while self._signals:
             signum = self._signals.pop(0)
-            self._signals_seen += 1
-            name = signal.Signals(signum).name
-            self._signalled = True
-            if self._signals_seen == 1:
-                self._draining = True
-                self.notify(
-                    f"runmaker: {name}: draining, claiming no more jobs; "
-                    f"{len(self._running)} still running (a second signal kills them)"
-                )
-            elif self._signals_seen == 2:
-                self.notify(f"runmaker: {name}: killing {len(self._running)} running jobs")
+            name = _signal_name(signum)
+            running = len(self._running)
+            jobs = f"{running} running job" + ("" if running == 1 else "s")
+            if signum == signal.SIGUSR1:
+                if not self._draining:
+                    self._draining = True
+                    self.notify(
+                        f"runmaker: {name}: draining, claiming no more jobs; "
+                        + (f"letting {jobs} finish" if running else "none running")
+                    )
+                continue
+            self._stop_signals += 1
+            self._draining = True
+            if self.options.requeue:
+                if self._stop_signals == 1:
+                    back = "it" if running == 1 else "them"
+                    self.notify(
+                        f"runmaker: {name}: stopping {jobs} and putting {back} back (--requeue)"
+                        if running else f"runmaker: {name}: stopping; none running"
+                    )
+                    self._kill_all(requeue=True)
+            elif self._stop_signals == 1:
+                self.notify(f"runmaker: {name}: draining, claiming no more jobs; " + _what_next(running))
+            elif self._stop_signals == 2:
+                self.notify(f"runmaker: {name}: killing {running} running jobs")
                 self._kill_all()
 
     def _stop_jobs_now(self) -> None:
@@ -2138,11 +2261,11 @@ class Worker:
         self._guardian.forget(list(self._running))
         self._running.clear()
 
-    def _kill_all(self) -> None:
-        """SIGTERM to every job's process group, SIGKILL later; they end 'e'."""
+    def _kill_all(self, *, requeue: bool = False) -> None:
+        """SIGTERM to every job's process group, SIGKILL later; they end 'e' (or go back)."""
         deadline = time.monotonic() + _KILL_GRACE
         for job in self._running.values():
-            job.interrupt(deadline)
+            job.interrupt(deadline, requeue=requeue)
 
     # -- starting and ending jobs -------------------------------------------
 
@@ -2217,10 +2340,13 @@ class Worker:
                     return
                 if pid == 0:
                     return
-                job = self._running.pop(pid, None)
-                if job is not None:
+                if pid in self._running:
+                    # A batch system signals the jobs and this worker at nearly
+                    # the same moment: a stop signal already caught decides how
+                    # this job ends (with --requeue it goes back, not '!').
+                    self._handle_signals()
                     reaped.append(pid)
-                    self._ended(job, wait_status)
+                    self._ended(self._running.pop(pid), wait_status)
         finally:
             if reaped:
                 self._guardian.forget(reaped)
@@ -2273,7 +2399,7 @@ class Worker:
         bisect.insort(self._free_slots, local_slot)
         if state == "d":
             self._succeeded = True
-        else:
+        elif state in ("!", "e"):
             self._failures += 1
 
     # -- output ------------------------------------------------------------
@@ -2310,16 +2436,31 @@ class Worker:
                 )
 
 
+def _what_next(running: int) -> str:
+    """The end of a drain message: what happens to the jobs still running."""
+    if not running:
+        return "0 still running"
+    text = f"{running} still running (a second SIGINT, SIGTERM or SIGHUP kills them"
+    if any(os.environ.get(name) for name in _BATCH_JOB_VARS):
+        # Slurm, PBS and LSF follow their SIGTERM with SIGKILL, not a second signal.
+        text += (
+            "; if the batch system kills this worker first, they are lost: "
+            "--requeue puts them back instead"
+        )
+    return text + ")"
+
+
 def _wake_only(signum: int, frame: object) -> None:
     """SIGCHLD handler: its only job is the byte on the wakeup pipe."""
 
 
 @contextlib.contextmanager
 def stop_signals_waking(
-    on_signal: Callable[[int, object], None], *, children: bool = False
+    on_signal: Callable[[int, object], None], *, children: bool = False, planned: bool = False
 ) -> Iterator[int]:
     """Route SIGINT, SIGTERM and SIGHUP to ``on_signal``; yield a self-pipe's read end.
 
+    With ``planned``, SIGUSR1 (a batch system's warning) goes there too.
     Every signal (with ``children``, SIGCHLD too) writes a byte to the pipe,
     so a poll() on its read end wakes for it: the loop then acts on what
     ``on_signal`` noted.  The handlers and the wakeup fd before are restored
@@ -2327,10 +2468,8 @@ def stop_signals_waking(
     """
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     previous_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    previous = {
-        sig: signal.signal(sig, on_signal)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    }
+    caught = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP] + ([signal.SIGUSR1] if planned else [])
+    previous = {sig: signal.signal(sig, on_signal) for sig in caught}
     if children:
         previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _wake_only)
     try:
@@ -3111,7 +3250,7 @@ class _TcpCommand:
             raise click.UsageError("--serve and --connect exclude each other")
         if tcp.serve:
             wrong = given & {"jobs", "logfile", "loglines", "one_only", "logdir", "joblog",
-                             "timeout", "retries", "quiet"}
+                             "timeout", "retries", "quiet", "requeue"}
             if wrong:
                 raise click.UsageError(
                     f"{_flags(wrong)}: --serve runs no jobs itself; "
@@ -3234,6 +3373,9 @@ class OneLineErrorCommand(click.Command):
 @click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True,
               help="Run a failing job up to N more times before marking it '!'.")
 @click.option("--follow", is_flag=True, help="Do not exit when idle: wait for appended jobs.")
+@click.option("--requeue", is_flag=True,
+              help="On SIGINT, SIGTERM or SIGHUP stop the running jobs at once and put each back "
+                   "as it was before the claim (. or +), for a later worker: for batch time limits.")
 @click.option("-q", "--quiet", is_flag=True, help="Print no executing/status lines, only job output.")
 @click.option("--serve", is_flag=True,
               help="Serve FILE's jobs to TCP clients (runmaker --connect) instead of running them.")
@@ -3250,7 +3392,7 @@ class OneLineErrorCommand(click.Command):
 def main(
     file: str | None, jobs: int, retry: bool, logfile: str | None, loglines: int, one_only: bool,
     logdir: str | None, joblog: str | None, timeout: float | None, retries: int, follow: bool,
-    quiet: bool, serve: bool, connect: str | None, bind: str | None, port: int,
+    requeue: bool, quiet: bool, serve: bool, connect: str | None, bind: str | None, port: int,
     token: str | None, tcp_timings: str | None,
 ) -> None:
     """Run the pending jobs of FILE, up to -j at a time, with any number of
@@ -3267,9 +3409,9 @@ def main(
     if not file and not connect:
         raise click.UsageError("missing the job FILE")
     options = WorkerOptions(
-        jobs=jobs or len(os.sched_getaffinity(0)), one_only=one_only, quiet=quiet, follow=follow,
+        jobs=jobs or usable_cpus(), one_only=one_only, quiet=quiet, follow=follow,
         timeout=timeout, retries=retries, logfile=logfile, loglines=loglines, logdir=logdir,
-        joblog=joblog,
+        joblog=joblog, requeue=requeue,
     )
     console, notify = sys.stdout.buffer, echo_to_stderr
     if serve or connect:

@@ -84,7 +84,8 @@ __all__ = ["ServerOptions", "TcpTimings", "run_tcp_client", "serve_job_file"]
 #   client: claim {n, done}   done {done}   ping   bye
 #   server: jobs {jobs}       end {block}   stop   ping   bye
 #
-# ``done`` lists [line, state] of jobs the client finished; each ``claim``
+# ``done`` lists [line, state] of jobs the client finished (state "." for
+# one its --requeue stopped: the server puts it back as it was); each ``claim``
 # is answered at once by one ``jobs`` with up to n [line, base64 command];
 # ``end`` says nothing is left (the same rule as a worker's), ``stop`` that
 # the server was signalled twice.  Either side pings after ``heartbeat``
@@ -185,7 +186,7 @@ class _ServerGone(RunmakerFailure):
 
 
 class _Interrupted(Exception):
-    """A stop signal arrived while a client was (re)connecting."""
+    """A stop signal (or SIGUSR1) arrived while a client was (re)connecting."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -840,12 +841,16 @@ class _Server:
                 isinstance(entry, list)
                 and len(entry) == 2
                 and isinstance(entry[0], int)
-                and entry[1] in ("d", "!", "e")
+                and entry[1] in ("d", "!", "e", ".")
             ):
                 raise _PeerError("sent malformed job states")
             claim = peer.claims.pop(entry[0], None)
             if claim is None:
                 raise _PeerError(f"reported line {entry[0]}, which it does not run")
+            if entry[1] == ".":
+                # Stopped by the client's --requeue: back to what it was here.
+                self._scheduler.finish_job(claim, claim.was)
+                continue
             self._scheduler.finish_job(claim, entry[1])
             if entry[1] != "d":
                 self._failures += 1
@@ -1302,7 +1307,7 @@ class _TcpClient:
 def _stop_signals_raise() -> dict[int, object]:
     return {
         sig: signal.signal(sig, _raise_interrupted)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
     }
 
 
@@ -1388,7 +1393,8 @@ def run_tcp_client(
         return _TcpClient(host, port, secret, options, records, console, notify, timings).run()
     except _Interrupted as exc:
         notify(f"runmaker: {_signal_name(exc.signum)}: stopped while connecting")
-        return _EXIT_SIGNALLED
+        # SIGUSR1 is a planned stop: no job of this client was cut short by it.
+        return 0 if exc.signum == signal.SIGUSR1 else _EXIT_SIGNALLED
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]

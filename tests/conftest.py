@@ -69,6 +69,21 @@ def alive(pid: int) -> bool:
     return fields[0] != b"Z"
 
 
+def group_running(pgid: int) -> bool:
+    """True while a process of group ``pgid`` runs; zombies that init has not reaped yet do not count."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
+
+
 def write_jobs(path: Path, commands: list[str], state: str = ".") -> Path:
     path.write_text("".join(f"{state} {c}\n" for c in commands))
     return path

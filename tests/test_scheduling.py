@@ -405,7 +405,7 @@ def test_follow_picks_up_appended_jobs_and_drains_on_sigterm(tmp_path, procs):
     assert (tmp_path / "ran").read_text().split() == ["1", "2"]
     assert err.read_text() == (
         "runmaker: SIGTERM: draining, claiming no more jobs; "
-        "1 still running (a second signal kills them)\n"
+        "1 still running (a second SIGINT, SIGTERM or SIGHUP kills them)\n"
     )
 
 

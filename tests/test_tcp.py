@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Procs, command, run, states, wait_exit, wait_for, write_jobs
+from conftest import Procs, command, group_running, run, states, wait_exit, wait_for, write_jobs
 from runmaker_tcp import _Channel, _PeerError, _proof
 
 # Deadlines of the protocol (runmaker_tcp.TcpTimings), shortened so that the
@@ -211,6 +211,7 @@ def test_proofs_differ_by_direction() -> None:
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("args, message", [
     (["--serve", "-j2", "runs.txt"], "--jobs: --serve runs no jobs itself"),
+    (["--serve", "--requeue", "runs.txt"], "--requeue: --serve runs no jobs itself"),
     (["--connect", "h", "--token", "t", "runs.txt"], "--connect takes no FILE"),
     (["--connect", "h", "--token", "t", "--retry"], "--retry: an option of the server"),
     (["--port", "7", "runs.txt"], "--port: only with --serve or --connect"),
@@ -588,3 +589,56 @@ def test_a_long_job_file_path_fits_the_welcome(tmp_path: Path, procs: Procs) -> 
     assert wait_exit(client) == 0, tcp.err("c")
     assert wait_exit(server) == 0, tcp.err("server")
     assert states(runs) == "dd"
+
+
+# --------------------------------------------------------------------------
+# Batch systems: --requeue and SIGUSR1 on a client
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_a_requeue_client_stopped_by_a_signal_puts_its_jobs_back_through_the_server(
+        tmp_path: Path, procs: Procs) -> None:
+    runs = tmp_path / "runs.txt"
+    job = "echo $$ > pid.$RUNMAKER_LINE; [ -e go ] || sleep 300; echo $RUNMAKER_LINE >> ran.txt"
+    runs.write_text(f"+ {job}\n. {job}\n. {job}\n")
+    tcp = Tcp(tmp_path, procs, **FAST)
+    server, port = tcp.serve(runs)
+    first = tcp.connect("first", port, "-j2", "--requeue")
+    pgids = [pid_in(tmp_path / f"pid.{n}") for n in (1, 2)]
+    try:
+        first.send_signal(signal.SIGTERM)
+        assert wait_exit(first) == 130, tcp.err("first")
+        assert not any(group_running(pgid) for pgid in pgids)
+        assert states(runs) == "+.."  # each back as it was, written by the server
+        assert ("runmaker: SIGTERM: stopping 2 running jobs and putting them back (--requeue)"
+                in tcp.err("first"))
+        assert len(re.findall(r'^status \([^,]+,\d+\): requeued "echo ', tcp.out("first"), re.MULTILINE)) == 2
+        (tmp_path / "go").touch()
+        second = tcp.connect("second", port, "-j2")
+        assert wait_exit(second) == 0, tcp.err("second")
+        assert wait_exit(server) == 0, tcp.err("server")  # requeued jobs are no failures
+    finally:
+        for pgid in pgids:
+            kill_group(pgid)
+    assert states(runs) == "ddd"
+    assert ran_lines(tmp_path) == [1, 2, 3]
+
+
+@pytest.mark.timeout(30)
+def test_sigusr1_drains_a_client_which_exits_as_if_out_of_work(tmp_path: Path, procs: Procs) -> None:
+    runs = write_jobs(tmp_path / "runs.txt", [
+        "touch started; while [ ! -e go ]; do sleep 0.01; done", "echo never > never"])
+    tcp = Tcp(tmp_path, procs, **FAST)
+    server, port = tcp.serve(runs)
+    client = tcp.connect("client", port, "-j1")
+    wait_for(lambda: (tmp_path / "started").exists(), what="the first job")
+    client.send_signal(signal.SIGUSR1)
+    wait_for(lambda: "draining" in tcp.err("client"), what="the drain message")
+    (tmp_path / "go").touch()
+    assert wait_exit(client) == 0, tcp.err("client")
+    assert ("runmaker: SIGUSR1: draining, claiming no more jobs; letting 1 running job finish"
+            in tcp.err("client"))
+    assert wait_for(lambda: states(runs) == "d.", what="the server to record job 1")
+    assert not (tmp_path / "never").exists()
+    assert server.poll() is None  # job 2 is still to run: the server waits for clients

@@ -465,7 +465,7 @@ def test_first_signal_drains(tmp_path, procs, signum):
     stderr = err.read_text()
     assert re.fullmatch(
         rf"runmaker: {signum.name}: draining, claiming no more jobs; "
-        r"1 still running \(a second signal kills them\)\n",
+        r"1 still running \(a second SIGINT, SIGTERM or SIGHUP kills them\)\n",
         stderr,
     ), stderr
     assert states(path) == "d."
