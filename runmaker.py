@@ -26,9 +26,11 @@ import dataclasses
 import enum
 import errno
 import fcntl
+import itertools
 import json
 import operator
 import os
+import random
 import re
 import resource
 import select
@@ -40,9 +42,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import BinaryIO, Literal, Protocol
 
-import click
+try:
+    import click
+except ModuleNotFoundError as _missing:  # a checkout run by a Python that lacks click
+    if _missing.name != "click":
+        raise
+    sys.exit("Error: runmaker needs the Python package click: "
+             "apt install python3-click, or pip install click in a venv, "
+             "or run runmaker.pyz (README: Install)")
 
 __version__ = "1.0.0"
 
@@ -68,8 +77,10 @@ __all__ = [
     "append_jobs",
     "append_to_shared_file",
     "check_file_locking",
+    "check_job_file",
     "echo_to_stderr",
     "file_system_failed",
+    "host_name",
     "list_jobs",
     "main",
     "parse_cap",
@@ -77,7 +88,6 @@ __all__ = [
     "progress_line",
     "run_worker",
     "set_job_states",
-    "short_hostname",
     "shorten_number",
     "stop_signals_waking",
     "usable_cpus",
@@ -115,12 +125,21 @@ _NOT_DONE_YET = re.compile(rb"[^d\-.+r]")  # neither finished, nor pending, nor 
 _NORMAL_QUEUE = re.compile(rb"\.")
 _NORMAL_QUEUE_RETRY = re.compile(rb"[.!e]")
 
+_CONTROL_CHARACTER = re.compile(rb"[\x00-\x08\x0a-\x0c\x0e-\x1f\x7f]")
 _MAX_WARNINGS = 20  # mistaken lines named one by one, then one summary line
 _MAX_LINE = 1 << 20  # a longer output line is cut into pieces of this size
+_CONSOLE_BEHIND = 1 << 18  # console bytes not yet written before the jobs' pipes wait
 _READ_CHUNK = 1 << 16
-_INDEX_CHUNK = 1 << 20  # bytes of the job file split into lines at once
+_INDEX_CHUNK = 1 << 18  # bytes of the job file split into lines at once (its lines cost ~5x)
 _REFRESH_GAP = 0.1  # seconds between looks for appended lines while busy
 _POLL = 0.5  # seconds between looks while waiting for a cap, barrier or work
+# A worker's rescans of the unfinished part of the file: at most these many
+# bytes a second (on NFS, 200 workers' rescans are one server's load).
+_RESCAN_RATE = 256 << 10
+_PEEK_EXTRA = 16  # jobs read beyond 2 per wanted one at the queue heads
+_PEEK_BYTES = 16 << 10  # at most this much of the file read at each queue head
+_LOST_PROBE_GAP = 5.0  # seconds between probes for lost jobs, but at a whole rescan
+_SPREAD = 32  # after losing a job to another worker, try one of the next this many
 _KILL_GRACE = 5.0  # seconds from SIGTERM to SIGKILL
 _LONGEST_SLEEP = 3600.0  # the event loop wakes at least this often
 _SPARE_FILES = 16  # descriptors a worker needs besides its jobs' (job file, logs, pipes)
@@ -229,6 +248,25 @@ def _is_locked_elsewhere(fd: int, offset: int, length: int = 1) -> bool:
     """
     if _lock_byte(fd, offset, exclusive=False, wait=False, length=length):
         _unlock_byte(fd, offset, length)
+        return False
+    return True
+
+
+# No runmaker process ever locks this byte, so only a lock over a range that
+# covers it can be held there: runmaker4's whole-file read lock
+# (lockf(f, LOCK_SH, 0, 0), taken by runmaker4, runset4.py and runwait4.py
+# to read the file), or any other whole-file lock.
+_WHOLE_FILE_PROBE = APPEND_BYTE - 1
+
+
+def _whole_file_locked_elsewhere(fd: int) -> bool:
+    """True while another process holds a lock covering the whole file.
+
+    An exclusive attempt (so a shared lock conflicts too; the descriptor
+    must be writable), released at once if won.
+    """
+    if _lock_byte(fd, _WHOLE_FILE_PROBE, exclusive=True, wait=False):
+        _unlock_byte(fd, _WHOLE_FILE_PROBE)
         return False
     return True
 
@@ -414,6 +452,21 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
+def _gather(data: bytes, base: int, offsets: Iterable[int]) -> bytes:
+    """The bytes of ``data`` (read at file offset ``base``) at these file offsets.
+
+    Two C-level maps: no list or tuple of a million ints is ever built.
+    """
+    if base:
+        offsets = map(operator.sub, offsets, itertools.repeat(base))
+    return bytes(map(data.__getitem__, offsets))
+
+
+def _spread_pick(length: int) -> int:
+    """A position among the first _SPREAD of ``length`` queued jobs, at random."""
+    return random.randrange(min(length, _SPREAD))
+
+
 def _shown(command: bytes | bytearray) -> str:
     """A command as the user reads it: undecodable bytes replaced."""
     return command.decode("utf-8", "replace")
@@ -444,9 +497,19 @@ def shorten_number(text: str) -> str:
     return text if len(text) <= 20 else f"{text[:10]}... ({len(text)} digits)"
 
 
-def short_hostname() -> str:
-    """This host's name as runmaker4 prints it: up to the first dot."""
-    return socket.gethostname().split(".")[0] or "localhost"
+def host_name() -> str:
+    """This host's name in full, as runmaker4 prints it (``socket.gethostname()``)."""
+    return socket.gethostname() or "localhost"
+
+
+def _reads_like_a_command(raw: bytes) -> bool:
+    """True for a line of text a user may have meant as a command: UTF-8,
+    no control characters but tabs and a carriage return (not binary data)."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return _CONTROL_CHARACTER.search(raw) is None
 
 
 def usable_cpus() -> int:
@@ -612,12 +675,12 @@ class JobFile:
     """One open job file: its single descriptor and the index of its lines.
 
     The index keeps, per job, the offset of its state byte, the end of its
-    command and its line number, in compact arrays (24 bytes a job; with
-    the cached getter of all state bytes, about 60).  A worker on a file of
-    a million jobs measured 85 MB above an idle one, the file's own bytes
-    included while it rereads them.  Lines appended later are indexed
-    incrementally; finding work never rereads the whole file unless asked
-    to (``read(whole=True)``).
+    command and its line number, in compact arrays (12 bytes a job below
+    4 GiB, 20 above), and is built from the file a piece at a time
+    (read_new_states), never holding its bytes whole: a worker on a file of
+    a million finished lines peaks at 35 MB, about 15 above an idle one.
+    Lines appended later are indexed incrementally; finding work never
+    rereads the whole file unless asked to (``read(whole=True)``).
 
     A process that holds job locks keeps exactly one descriptor of the file:
     closing any descriptor of it would drop every POSIX lock the process
@@ -631,14 +694,17 @@ class JobFile:
         self.fd = _open_job_file(path, writable)
         st = os.fstat(self.fd)
         self.identity = (st.st_dev, st.st_ino)
-        self.offsets = array.array("q")  # offset of each job's state byte
-        self.ends = array.array("q")  # offset just past each job's command
-        self.lines = array.array("q")  # 1-based line number of each job
+        # Offsets take 4 bytes each while the file is below 4 GiB, then 8 (_widen_for).
+        self.offsets = array.array("I")  # offset of each job's state byte
+        self.ends = array.array("I")  # offset just past each job's command
+        self.lines = array.array("i")  # 1-based line number of each job (4 bytes: 2**31 lines)
         self.barriers: list[int] = []  # index of the first job below each barrier
         self.barrier_lines: list[int] = []
         self.max_running: int | None = None
         # The highest cap the file ever set: no worker holds a slot above it.
         self.max_running_peak = 0
+        # The lines each '#runmaker kill' names, in file order (runset --kill).
+        self.kills: list[tuple[int, ...]] = []
         self.size = 0  # bytes indexed
         self.line_count = 0
         self.shrunk = False  # the file got shorter: someone broke the rules
@@ -657,11 +723,27 @@ class JobFile:
         self.unfinished: int | None = None
         self._warn = warn
         self._warned: set[int] = set()
-        # itemgetter of every state byte's offset: a tuple of ints, or one int for one job.
-        self._getter: tuple[int, Callable[[bytes], Any]] | None = None
+        # Line ranges of ``#runmaker set`` notices not yet taken (take_set_notices).
+        self._set_notices: list[tuple[int, int]] = []
+        # Lines that are no job, comment, directive or blank line but read
+        # like a command: how many, and the first (a file of bare commands
+        # has nothing else).
+        self.command_like_lines = 0
+        self.first_command_like: tuple[int, bytes] | None = None
+        self._last_command_like = 0
 
     def close(self) -> None:
         os.close(self.fd)
+
+    @contextlib.contextmanager
+    def warnings_held(self) -> Iterator[list[str]]:
+        """Collect the warnings of the reads meanwhile instead of passing them on."""
+        held: list[str] = []
+        warn, self._warn = self._warn, held.append
+        try:
+            yield held
+        finally:
+            self._warn = warn
 
     # -- reading -----------------------------------------------------------
 
@@ -689,18 +771,81 @@ class JobFile:
         self._read_before = True
         return data, start, first_new
 
+    def read_new_states(self) -> tuple[int, bytes]:
+        """Index lines appended since the last read, a piece at a time.
+
+        Returns ``(first_new, states)``: the index of the first job
+        (re)indexed and the state bytes of the jobs from it on.  The file's
+        bytes are never held whole (a file of millions of lines costs its
+        index, not its size): each piece of up to _INDEX_CHUNK bytes is read
+        under the reading lock, indexed and dropped.  Only the bytes below
+        the size seen at the first lock are read.
+        """
+        resume = self._resume_offset()
+        with _ReadingLock(self.fd):
+            size = os.fstat(self.fd).st_size
+            data = os.pread(self.fd, min(max(size - resume, 0), _INDEX_CHUNK), resume)
+        if size < self.size:
+            self.shrunk = True
+            return len(self.offsets), b""
+        if size == self.size and not self._tail:
+            return len(self.offsets), b""
+        first_new = -1
+        parts = []
+        pos = resume
+        while True:
+            final = pos + len(data) >= size or not data
+            if not final:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:  # one line longer than a piece: read on to its end
+                    with _ReadingLock(self.fd):
+                        data += os.pread(self.fd, min(size - pos - len(data), _INDEX_CHUNK), pos + len(data))
+                    continue
+                data = data[:cut]
+            first = self._index_from(data, pos)
+            first_new = first if first_new < 0 else first_new
+            parts.append(self.states_of(data, pos, first))
+            pos += len(data)
+            if final:
+                return first_new, b"".join(parts)
+            with _ReadingLock(self.fd):
+                data = os.pread(self.fd, min(size - pos, _INDEX_CHUNK), pos)
+
     def states_of(self, data: bytes, base: int = 0, first: int = 0) -> bytes:
         """The state bytes of jobs ``first..`` found in ``data`` (read at ``base``)."""
-        count = len(self.offsets) - first
-        if count <= 0:
-            return b""
-        if base == 0 and first == 0:
-            # One C call for every state byte: cached per job count.
-            if self._getter is None or self._getter[0] != count:
-                self._getter = (count, operator.itemgetter(*self.offsets))
-            got = self._getter[1](data)
-            return bytes(got) if count > 1 else bytes((got,))
-        return bytes(data[self.offsets[i] - base] for i in range(first, len(self.offsets)))
+        return _gather(data, base, memoryview(self.offsets)[first:])
+
+    def states_between(self, first: int, last: int) -> bytes:
+        """Read the state bytes of jobs ``first..last-1`` from the file now.
+
+        Reads only the stretch of the file from the first one's state byte
+        to the last one's, a piece at a time (never the bytes before or
+        after it), under the reading lock.
+        """
+        parts = []
+        with _ReadingLock(self.fd):
+            while first < last:
+                start = self.offsets[first]
+                # The jobs whose state bytes lie in the next piece.
+                stop = bisect.bisect_right(self.offsets, start + _INDEX_CHUNK, first + 1, last)
+                data = os.pread(self.fd, self.offsets[stop - 1] + 1 - start, start)
+                parts.append(self._gathered(data, start, first, stop))
+                first = stop
+        return b"".join(parts)
+
+    def _gathered(self, data: bytes, base: int, first: int, stop: int) -> bytes:
+        """The state bytes of jobs ``first..stop-1`` in ``data``; a cut file reads as ``d``."""
+        if len(data) < self.offsets[stop - 1] + 1 - base:
+            data += b"d" * (self.offsets[stop - 1] + 1 - base - len(data))
+        return _gather(data, base, memoryview(self.offsets)[first:stop])
+
+    def take_set_notices(self) -> list[tuple[int, int]]:
+        """The line ranges named by ``#runmaker set`` lines indexed since the last call.
+
+        ``(1, 0)`` stands for a notice without lines: every line may have changed.
+        """
+        notices, self._set_notices = self._set_notices, []
+        return notices
 
     def command(self, index: int) -> bytes:
         """The command of job ``index``, read from the file (it never changes)."""
@@ -741,7 +886,14 @@ class JobFile:
     def _resume_offset(self) -> int:
         return self._tail[0] if self._tail else self.size
 
+    def _widen_for(self, end: int) -> None:
+        """Make the offset arrays hold offsets up to ``end`` (8 bytes each from 4 GiB on)."""
+        if end >= 1 << 32 and self.offsets.typecode != "q":
+            self.offsets = array.array("q", self.offsets)
+            self.ends = array.array("q", self.ends)
+
     def _index_from(self, data: bytes, base: int) -> int:
+        self._widen_for(base + len(data))
         if self._tail is not None:
             _, jobs, barriers, lines, max_running = self._tail
             del self.offsets[jobs:], self.ends[jobs:], self.lines[jobs:]
@@ -810,6 +962,12 @@ class JobFile:
             if raw.startswith(b"#runmaker") and (len(raw) == 9 or raw[9] in b" \t\r"):
                 self._directive(raw[9:].split(), line)
             return
+        # Counted once: an unterminated last line is indexed again as it grows.
+        if line > self._last_command_like and _reads_like_a_command(raw):
+            self._last_command_like = line
+            self.command_like_lines += 1
+            if self.first_command_like is None:
+                self.first_command_like = (line, raw)
         self._warn_line(line, "not a job line (a state byte, a space or tab, then the command)")
 
     def _directive(self, words: list[bytes], line: int) -> None:
@@ -828,8 +986,26 @@ class JobFile:
                 self.max_running_peak = max(self.max_running_peak, cap)
             else:
                 self._warn_line(line, "max-running takes a whole number or 'none'")
+        elif words[:1] == [b"set"]:
+            self._set_notice(words[1:], line)
+        elif words[:1] == [b"kill"] and len(words) > 1 and all(w.isdigit() for w in words[1:]):
+            self.kills.append(tuple(int(w) for w in words[1:]))
         else:
-            self._warn_line(line, "unknown #runmaker directive (known: max-running N|none, barrier)")
+            self._warn_line(
+                line, "unknown #runmaker directive (known: max-running N|none, barrier, set, kill)"
+            )
+
+    def _set_notice(self, specs: list[bytes], line: int) -> None:
+        """``#runmaker set [LINE|A-B]...``: state bytes of these lines changed in place."""
+        ranges = []
+        for spec in specs:
+            match = _JOB_SPEC.match(spec.decode("ascii", "replace"))
+            if match is None:
+                self._warn_line(line, "set takes line numbers and ranges A-B")
+                ranges = [(1, 0)]  # reread everything rather than miss a change
+                break
+            ranges.append((int(match[1]), int(match[2] or match[1])))
+        self._set_notices.extend(ranges or [(1, 0)])
 
     def _warn_line(self, line: int, why: str) -> None:
         if self._warn is None or line in self._warned:
@@ -959,9 +1135,12 @@ class Scheduler:
     locks of finished jobs (another host may read the byte once we unlock).
     """
 
-    def __init__(self, jobfile: JobFile, *, retry: bool = False) -> None:
+    def __init__(
+        self, jobfile: JobFile, *, retry: bool = False, notify: Callable[[str], None] | None = None
+    ) -> None:
         self.jobfile = jobfile
         self.retry = retry
+        self._notify = notify  # says which lost jobs it marked 'e'
         self.states = bytearray()
         self.held: dict[int, Claim] = {}
         self.held_slots: set[int] = set()
@@ -980,25 +1159,51 @@ class Scheduler:
         self._acted_since_rescan = False
         self._last_rescan = 0.0
         self._rescan_cost = 0.0
+        self._last_lost_probe = 0.0
         self._blocked_by: str | None = None
         self._contended = False  # a queued job's lock was held elsewhere
         self.rescan()
 
     # -- public ------------------------------------------------------------
 
-    def rescan(self) -> None:
-        """Reread every state byte; mark lost jobs ``e``; rebuild the queues."""
+    def rescan(self, *, whole: bool = True, probe: bool = False) -> None:
+        """Reread state bytes; mark lost jobs ``e``; rebuild the queues.
+
+        ``whole``: every state byte of the file.  Otherwise only from the
+        finished prefix on (every job above it is ``d`` or ``-``, which only
+        ``runset --set`` changes, and it says so with a ``#runmaker set``
+        notice that _refresh follows), after reading what was appended.
+        Running jobs are probed for lost ones at a whole rescan, with
+        ``probe``, and otherwise every _LOST_PROBE_GAP seconds.
+        """
         started = time.monotonic()
-        data, _, _ = self.jobfile.read(whole=True)
-        if self.jobfile.shrunk:
-            return  # our offsets point past its end now: claim nothing (see _why_idle)
-        states = bytearray(self.jobfile.states_of(data))
+        if whole:
+            first_new, new_states = self.jobfile.read_new_states()
+            if self.jobfile.shrunk:
+                return  # our offsets point past its end now: claim nothing (see _why_idle)
+            states = bytearray(self.jobfile.states_between(0, first_new))
+            states += new_states
+            del new_states
+            self.jobfile.take_set_notices()  # every byte was just read
+            first = 0
+        else:
+            self._refresh()
+            if self.jobfile.shrunk:
+                return
+            first = self._done_prefix
+            states = self.states
+            states[first:] = self.jobfile.states_between(first, len(self.jobfile.offsets))
         for index in self.held:
             states[index] = _RUNNING
         self.states = states
-        self._mark_lost_jobs()
+        if whole or probe or started - self._last_lost_probe >= _LOST_PROBE_GAP:
+            # Each probe of a job running elsewhere is a failed lock round
+            # trip (on NFS, to the server): not at every rescan.
+            self._mark_lost_jobs(first)
+            self._last_lost_probe = started
         self._rebuild_queues(0)
-        self._done_prefix = 0
+        if whole:
+            self._done_prefix = 0
         self._advance_done_prefix()
         now = time.monotonic()
         self._last_rescan = self._last_refresh = now
@@ -1008,9 +1213,13 @@ class Scheduler:
     def claim_jobs(self, count: int, *, idle: bool = False) -> list[Claim]:
         """Claim up to ``count`` jobs: lock, reread, write ``r`` (no fsync yet).
 
-        Appended lines are read every 0.1 s; the whole file (for states
-        changed in place, such as ``runset --set``) is reread when half a
-        second has passed (more for a huge file: at most ~5% of the time).
+        Appended lines (and ``#runmaker set`` notices of states changed in
+        place) are read every 0.1 s; the state bytes below the finished
+        prefix (for jobs lost, or changed by hand) are reread when half a
+        second has passed, and no more often than _RESCAN_RATE bytes a
+        second and ~5% of the time allow.  Before locking, the state bytes
+        around the head of the queues are read once (_peek_queue_heads), so
+        jobs others took are skipped without a lock attempt each.
         ``idle`` says the caller runs nothing: then a rescan after our own
         last claim or finish is worth its cost before saying there is nothing
         left.  Sets ``idle_reason``.
@@ -1018,15 +1227,19 @@ class Scheduler:
         now = time.monotonic()
         fresh = False
         if now - self._last_rescan >= self._rescan_gap():
-            self.rescan()
+            # A worker that just ran out of work probes for lost jobs before it may end.
+            self.rescan(whole=False, probe=idle and self._acted_since_rescan)
             fresh = True
-        elif now - self._last_refresh >= _REFRESH_GAP:
+        elif now - self._last_refresh >= _REFRESH_GAP / 2:
+            # Half the gap: a caller that looks every _REFRESH_GAP reads at each look.
             self._refresh()
+        if count and not fresh:
+            self._peek_queue_heads(count)
         if self.jobfile.max_running is not None:
             self._adopt_slots()
         claims = self._claim_from_queues(count)
         if len(claims) < count and not fresh and idle and self._acted_since_rescan:
-            self.rescan()
+            self.rescan(whole=False, probe=True)
             fresh = True
             claims += self._claim_from_queues(count - len(claims))
         elif not self._acted_since_rescan:
@@ -1109,9 +1322,9 @@ class Scheduler:
         jobs below a barrier held shut by a failure are, else None.
 
         The end rule of a worker, for a TCP server with no client asking.
-        Rereads the whole file first.
+        Rereads the file below the finished prefix first.
         """
-        self.rescan()
+        self.rescan(whole=False)
         if self.jobfile.shrunk:
             return None  # the caller's replaced() check says so
         candidates = [
@@ -1125,6 +1338,23 @@ class Scheduler:
         if any(not self._below_open_barrier(index) for index in candidates):
             return None
         return IdleReason.BLOCKED if self._barrier_held_by_failure() else None
+
+    def describe_nothing_to_run(self) -> str:
+        """One line on a file with nothing to run: what its jobs are, what would run them.
+
+        ``nothing to run in runs.txt (12 done, 2 failed; -r reruns them)``.
+        """
+        counts = collections.Counter(self.states)
+        named = ((_DONE, "done"), (_FAILED, "failed"), (_ERROR, "error"), (ord("-"), "retired"),
+                 (_RUNNING, "running"), (_PENDING, "pending"), (_HIGH, "pending, high priority"))
+        parts = [f"{counts[state]} {name}" for state, name in named if counts[state]]
+        others = len(self.states) - sum(counts[state] for state, _ in named)
+        if others:
+            parts.append(f"{others} in another state")
+        what = ", ".join(parts) or "no jobs"
+        if (counts[_FAILED] or counts[_ERROR]) and not self.retry:
+            what += "; -r reruns them"
+        return f"nothing to run in {self.jobfile.path} ({what})"
 
     def describe_block(self) -> str:
         """One line on why pending jobs will not start (for ``blocked``)."""
@@ -1141,13 +1371,64 @@ class Scheduler:
 
     def _refresh(self) -> None:
         before = len(self.states)
-        data, base, first_new = self.jobfile.read()
+        first_new, new_states = self.jobfile.read_new_states()
         self._last_refresh = time.monotonic()
-        if first_new >= len(self.jobfile.offsets) and first_new >= before:
+        if first_new < len(self.jobfile.offsets) or first_new < before:
+            del self.states[first_new:]
+            self.states += new_states
+            self._rebuild_queues(first_new)
+        self._follow_set_notices()
+
+    def _follow_set_notices(self) -> None:
+        """Reread the state bytes that ``#runmaker set`` notices name.
+
+        ``runset --set`` appends one after it changed state bytes in place
+        (written, fsynced and unlocked first), so following the appended
+        lines is enough to see every such change, however large the file.
+        """
+        notices = self.jobfile.take_set_notices()
+        if not notices or self.jobfile.shrunk:
             return
-        del self.states[first_new:]
-        self.states += self.jobfile.states_of(data, base, first_new)
-        self._rebuild_queues(first_new)
+        if (1, 0) in notices:
+            self.rescan()  # a notice without lines: anything may have changed
+            return
+        lines, changed = self.jobfile.lines, len(self.states)
+        for first_line, last_line in notices:
+            first = bisect.bisect_left(lines, first_line)
+            last = min(bisect.bisect_right(lines, last_line), len(self.states))
+            if first >= last:
+                continue
+            fresh = self.jobfile.states_between(first, last)
+            for index in range(first, last):
+                if index in self.held or index in self._releasing:
+                    continue  # ours: nobody else writes it
+                if self.states[index] != fresh[index - first]:
+                    self.states[index] = fresh[index - first]
+                    changed = min(changed, index)
+        if changed < len(self.states):
+            self._rebuild_queues(0)
+            self._done_prefix = min(self._done_prefix, changed)
+            self._advance_done_prefix()
+
+    def _peek_queue_heads(self, count: int) -> None:
+        """Read the state bytes around the head of each queue, in one read each.
+
+        Jobs other workers took (or finished) since our last look are then
+        skipped without a lock attempt each: on NFS every attempt is a round
+        trip to the server, and with many workers most would fail.  The
+        read takes the reading lock, which on NFS is what makes it fresh.
+        """
+        for queue in (self._high, self._normal):
+            if not queue:
+                continue
+            first = queue[0]
+            last = queue[min(len(queue) - 1, 2 * count + _PEEK_EXTRA)] + 1
+            last = min(last, bisect.bisect_right(self.jobfile.offsets,
+                                                 self.jobfile.offsets[first] + _PEEK_BYTES))
+            fresh = self.jobfile.states_between(first, last)
+            for index in range(first, last):
+                if index not in self.held and index not in self._releasing:
+                    self.states[index] = fresh[index - first]
 
     def _rebuild_queues(self, first: int) -> None:
         if first == 0:
@@ -1167,8 +1448,11 @@ class Scheduler:
         return self.retry and state in (_FAILED, _ERROR) and index not in self.attempted
 
     def _rescan_gap(self) -> float:
-        # A rescan reads the whole file: keep its share of the time small.
-        return max(_POLL, 20 * self._rescan_cost)
+        # A rescan reads the file below the finished prefix: keep its share
+        # of the time, and of the (NFS) server's bytes, small.
+        offsets = self.jobfile.offsets
+        unfinished = offsets[-1] - offsets[self._done_prefix] if self._done_prefix < len(offsets) else 0
+        return max(_POLL, 20 * self._rescan_cost, unfinished / _RESCAN_RATE)
 
     def _claim_from_queues(self, count: int) -> list[Claim]:
         claims: list[Claim] = []
@@ -1177,21 +1461,32 @@ class Scheduler:
         if self.jobfile.shrunk:
             return claims  # a truncated file: the indexed lines are gone
         for queue in (self._high, self._normal):
+            spread = False  # set once another worker won a job we tried
             while queue and len(claims) < count:
-                index = queue[0]
+                at = _spread_pick(len(queue)) if spread else 0
+                index = queue[at]
                 if index in self._releasing or not self._runnable(self.states[index], index):
-                    queue.popleft()
+                    del queue[at]
                     continue
                 if self._below_open_barrier(index):
+                    if at:
+                        spread = False  # the jobs before it may still start
+                        continue
                     self._blocked_by = "barrier"
                     break  # every later job in this queue is below it too
                 claim = self._claim(index)
                 if claim is False:
                     self._blocked_by = "cap"
                     return claims
-                queue.popleft()
+                del queue[at]
                 if claim is not None:
                     claims.append(claim)
+                elif self._contended:
+                    # Others claim at the same moment: look at the queue
+                    # head again, and try one of its first jobs at random
+                    # rather than the one every other worker tries next.
+                    spread = True
+                    self._peek_queue_heads(count - len(claims))
         return claims
 
     def _claim(self, index: int) -> Claim | None | Literal[False]:
@@ -1279,14 +1574,15 @@ class Scheduler:
             _unlock_byte(self.jobfile.fd, SLOT_BASE + slot)
             self.held_slots.discard(slot)
 
-    def _mark_lost_jobs(self) -> None:
-        """Mark ``e`` every ``r`` job whose byte no process holds.
+    def _mark_lost_jobs(self, first: int = 0) -> None:
+        """Mark ``e`` every ``r`` job from ``first`` on whose byte no process holds.
 
         The byte is reread under the lock we won: its worker may just have
         written the final state and let go.
         """
         fd, offsets, states = self.jobfile.fd, self.jobfile.offsets, self.states
-        index = states.find(b"r")
+        marked = []
+        index = states.find(b"r", first)
         while index >= 0:
             if index not in self.held and index not in self._releasing:
                 current = _lock_and_reread_job(fd, offsets[index])
@@ -1295,10 +1591,17 @@ class Scheduler:
                     if lost:
                         _write_job_state(fd, offsets[index], b"e")
                         states[index] = _ERROR
+                        marked.append(index)
                     elif current:
                         states[index] = current[0]
                     _release_job_locks(fd, (offsets[index],), written=lost)
             index = states.find(b"r", index + 1)
+        if marked and self._notify is not None:
+            self._notify(
+                f"runmaker: {self.jobfile.path}: lost jobs (r, but no worker holds them) marked 'e': "
+                f"line {_line_ranges(self.jobfile.lines, marked)}; "
+                + ("this worker runs them again (-r)" if self.retry else "-r reruns them")
+            )
 
     def _advance_done_prefix(self) -> None:
         match = _FINISHED.match(self.states, self._done_prefix)
@@ -1706,7 +2009,7 @@ class WorkerOptions:
     logdir: str | None = None
     joblog: str | None = None
     requeue: bool = False  # a stop signal puts running jobs back (SPEC section 4, Signals)
-    host: str = field(default_factory=short_hostname)
+    host: str = field(default_factory=host_name)
     job_file: str = ""  # RUNMAKER_FILE: absolute path of the job file
 
 
@@ -1752,6 +2055,7 @@ class _JobProcess:
         self.kill_at: float | None = None
         self.timed_out = False
         self.interrupted = False
+        self.killed = False  # by runset --kill
         self.requeued = False  # goes back to the state it was claimed from
         pid_tag = b"%s,%d" % (host, self.pid)
         self.pid_tag = pid_tag
@@ -1802,6 +2106,13 @@ class _JobProcess:
         self.interrupted = True
         self.requeued = requeue
         self.kill_at = kill_at
+        self.signal(signal.SIGTERM)
+
+    def kill(self, kill_at: float) -> None:
+        """runset --kill: SIGTERM now, SIGKILL at ``kill_at``; the job ends '!' (killed)."""
+        self.killed = True
+        if self.kill_at is None:
+            self.kill_at = kill_at
         self.signal(signal.SIGTERM)
 
     def enforce_deadlines(self, now: float) -> None:
@@ -1882,7 +2193,7 @@ class _JobProcess:
         Background grandchildren of a stopped job go with it; its
         ``--logdir`` files are closed.
         """
-        if self.timed_out or self.interrupted:
+        if self.timed_out or self.interrupted or self.killed:
             self.signal(signal.SIGKILL)
         self.close_files()
         code = os.waitstatus_to_exitcode(wait_status)
@@ -1890,7 +2201,9 @@ class _JobProcess:
         if self.requeued:
             # Stopped by --requeue: however it ended, it did not run to its end.
             return _Outcome(self.claim.was, "requeued", -1, signum)
-        if self.timed_out and not self.interrupted:
+        if self.killed and not self.interrupted:
+            outcome = _Outcome("!", "killed", -1, signum)
+        elif self.timed_out and not self.interrupted:
             outcome = _Outcome("!", "timeout", -1, signum)
         elif code < 0:
             outcome = _Outcome("!", f"signal {_signal_name(signum)}", 0, signum)
@@ -2016,6 +2329,74 @@ class _Guardian:
             self._start()
 
 
+class _OutputBuffer:
+    """Bytes for a stream that a thread of its own writes, in order.
+
+    The loop that puts them never waits on the stream: a console piped into
+    a reader that stopped, a terminal on hold or a hung disk would otherwise
+    stop its heartbeats, deadlines and kill timers too.  ``full`` tells the
+    loop to stop reading its jobs' pipes until there is room again (the
+    jobs then wait in their writes: back-pressure); ``on_room`` is called,
+    from the writing thread, when there is.  A failed write (a closed pipe,
+    a full disk) drops the rest: ``failure`` says why.
+    """
+
+    def __init__(self, write: Callable[[bytes], None], limit: int) -> None:
+        self._write = write
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0  # bytes put and not yet written, those being written included
+        self._writing = False
+        self._cond = threading.Condition()
+        self.failure: OSError | None = None
+        self.on_room: Callable[[], None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return self._size >= self._limit
+
+    def put(self, data: bytes) -> None:
+        """Queue ``data`` to be written; never blocks (the limit is the caller's to heed)."""
+        with self._cond:
+            if self.failure is not None or not data:
+                return
+            self._chunks.append(data)
+            self._size += len(data)
+            if not self._writing:
+                self._writing = True
+                threading.Thread(target=self._run, name="runmaker-output", daemon=True).start()
+
+    def drain(self) -> None:
+        """Wait until every byte put is written (or writing failed)."""
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._chunks:
+                    self._writing = False  # the next put starts a new thread
+                    self._cond.notify_all()
+                    return
+                data = b"".join(self._chunks)
+                self._chunks.clear()
+            failure = None
+            try:
+                self._write(data)
+            except OSError as exc:
+                failure = exc
+            with self._cond:
+                was_full = self.full
+                self._size -= len(data)
+                if failure is not None:
+                    self.failure = failure
+                    self._size -= sum(map(len, self._chunks))
+                    self._chunks.clear()
+            if was_full and not self.full and self.on_room is not None:
+                self.on_room()
+
+
 class JobSource(Protocol):
     """Where a Worker's jobs come from: a Scheduler on the job file, or a TCP server."""
 
@@ -2079,8 +2460,10 @@ class Worker:
         console.flush()
         self._console_fd = console.fileno()
         self._console_parts: list[bytes] = []
-        self._console_broken = False
-        self._console_failed = False
+        self._output = _OutputBuffer(self._write_console, _CONSOLE_BEHIND)
+        self._output_paused = False  # the jobs' pipes wait for the console
+        self._output_failure_told = False
+        self._room_r = -1  # readable once the console has room again
         self._running: dict[int, _JobProcess] = {}  # pid -> attempt
         self._deferred: list[tuple[Claim, int, int]] = []  # claimed, waiting for descriptors
         self._guardian = _Guardian(start=False)  # started by run()
@@ -2094,6 +2477,7 @@ class Worker:
         self._succeeded = False
         self._next_look = 0.0
         self._failures = 0
+        self.jobs_started = 0  # attempts started, for "nothing to run"
         host = options.host
         self._host = host.encode()
         env = dict(os.environ)
@@ -2110,6 +2494,9 @@ class Worker:
             if self.link is not None:
                 self._poller.register(self.link.fileno(), select.POLLIN)
             self._guardian = _Guardian()
+            self._room_r, room_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._poller.register(self._room_r, select.POLLIN)
+            self._output.on_room = lambda: _wake(room_w)
             try:
                 self._loop(wake_r)
             except BaseException:
@@ -2121,7 +2508,11 @@ class Worker:
                 raise
             finally:
                 self._guardian.close()
+                self._output.on_room = None
+                os.close(self._room_r)
+                os.close(room_w)
                 self._flush_console()
+                self._output.drain()
         if self._stop_signals:
             return _EXIT_SIGNALLED
         return 1 if self._failures or self._replaced else 0
@@ -2168,11 +2559,12 @@ class Worker:
                     return
             timeout = self._next_timeout(now, waiting=self._may_claim())
             for fd, _ in self._poller.poll(None if timeout is None else timeout * 1000):
-                if fd == wake_r:
-                    _drain_wakeup(wake_r)
+                if fd in (wake_r, self._room_r):
+                    _drain_wakeup(fd)
                 elif fd in self._watched:  # not closed earlier in this round
                     self._read_output(self._watched[fd], fd)
             self._flush_console()
+            self._heed_output()
 
     def _may_claim(self) -> bool:
         return not (
@@ -2183,7 +2575,9 @@ class Worker:
         moments = [job.kill_at or job.deadline for job in self._running.values()]
         times = [m - now for m in moments if m is not None]
         if waiting:
-            times.append(_POLL)
+            # With a free slot, look as often as appended jobs must be seen
+            # (SPEC: within 0.1 s); a full worker only keeps directives current.
+            times.append(_REFRESH_GAP if self._free_slots else _POLL)
         if self.link is not None and not self._link_broken:
             wait = self.link.timeout(now)
             if wait is not None:
@@ -2261,6 +2655,18 @@ class Worker:
         self._guardian.forget(list(self._running))
         self._running.clear()
 
+    def kill_job(self, line: int) -> bool:
+        """Stop the running job of ``line`` (runset --kill); False if none runs here.
+
+        SIGTERM to its process group, SIGKILL after the grace; it ends '!'
+        with status ``killed`` and is not run again by --retries.
+        """
+        for job in self._running.values():
+            if job.claim.line == line and not job.killed:
+                job.kill(time.monotonic() + _KILL_GRACE)
+                return True
+        return False
+
     def _kill_all(self, *, requeue: bool = False) -> None:
         """SIGTERM to every job's process group, SIGKILL later; they end 'e' (or go back)."""
         deadline = time.monotonic() + _KILL_GRACE
@@ -2270,6 +2676,7 @@ class Worker:
     # -- starting and ending jobs -------------------------------------------
 
     def _start(self, claim: Claim, attempt: int, local_slot: int) -> None:
+        self.jobs_started += 1
         quoted = _shown_bytes(claim.command)
         if not self.options.quiet:
             self._console_parts.append(b"executing `" + quoted + b"'\n")
@@ -2302,7 +2709,7 @@ class Worker:
         self._guardian.watch(job.pid)  # at once: the worker may be killed any moment now
         self._running[job.pid] = job
         for fd in job.streams:
-            self._poller.register(fd, select.POLLIN)
+            self._poller.register(fd, 0 if self._output_paused else select.POLLIN)
             self._watched[fd] = job
         if not self.options.quiet:
             self._console_parts.append(b"status (" + job.pid_tag + b'): forked "' + quoted + b'"\n')
@@ -2376,7 +2783,9 @@ class Worker:
         self._record(
             job.claim, job.tail, status, job.started, time.monotonic() - job.started_mono, outcome
         )
-        if outcome.state == "!" and job.attempt <= self.options.retries and not self._draining:
+        if outcome.state == "!" and job.attempt <= self.options.retries and not (
+            self._draining or job.killed
+        ):
             self._start(job.claim, job.attempt + 1, job.local_slot)
             return
         self._finish(job.claim, outcome.state, job.local_slot)
@@ -2414,26 +2823,38 @@ class Worker:
         job.close_stream(fd)
 
     def _flush_console(self) -> None:
-        if not self._console_parts:
-            return
-        data = b"".join(self._console_parts)
-        self._console_parts.clear()
-        if self._console_broken:
-            return
-        try:
-            # Straight to the descriptor: a buffered writer would keep what
-            # a full disk refused and fail again when Python exits.  A write
-            # into a full pipe that SIGCHLD interrupts writes only part.
-            _write_all(self._console_fd, data)
-        except BrokenPipeError:
-            self._console_broken = True  # nobody reads: the jobs go on
-        except OSError as exc:
-            if not self._console_failed:
-                self._console_failed = True
-                self.notify(
-                    f"runmaker: cannot write to stdout ({exc.strerror}); "
-                    "its output is dropped, the jobs go on"
-                )
+        """Hand this turn's console lines to the output thread (never waits)."""
+        if self._console_parts:
+            self._output.put(b"".join(self._console_parts))
+            self._console_parts.clear()
+        failure = self._output.failure
+        if failure is not None and not self._output_failure_told:
+            self._output_failure_told = True
+            if not isinstance(failure, BrokenPipeError):  # nobody reads: the jobs go on
+                self.notify(f"runmaker: cannot write to the console, its output is lost: "
+                            f"{failure.strerror}; the jobs go on")
+
+    def _heed_output(self) -> None:
+        """Stop reading the jobs' pipes while the console is far behind; resume once it is not."""
+        paused = self._output.full
+        if paused != self._output_paused:
+            self._output_paused = paused
+            for fd in self._watched:
+                self._poller.modify(fd, 0 if paused else select.POLLIN)
+
+    def _write_console(self, data: bytes) -> None:
+        # Straight to the descriptor: a buffered writer would keep what a
+        # full disk refused and fail again when Python exits.  A write into
+        # a full pipe that a signal interrupts writes only part.
+        _write_all(self._console_fd, data)
+
+
+def _wake(fd: int) -> None:
+    """Wake a loop through its self-pipe (from another thread)."""
+    try:
+        os.write(fd, b"\0")
+    except OSError:
+        pass  # full: it wakes anyway; closed: it has ended
 
 
 def _what_next(running: int) -> str:
@@ -2519,12 +2940,20 @@ _MAX_RUNNING_ARG = re.compile(r"[0-9]+\Z|none\Z")
 _PLACEHOLDER = b"~ "
 _APPEND_PATIENCE = 60.0  # seconds runset waits for the append lock
 _SUMMARY_ORDER = b"+.rd!e-"
+_LINE_STATE = re.compile(rb"\n([^#/ \t\r\n\x0b\x0c])[ \t]")  # the state of a job line
+_BLANK_COMMAND = re.compile(rb"\n[^\n][ \t][ \t\r\x0b\x0c]*\n")  # a state, then blanks only
+_RUNNING_JOB = re.compile(rb"^r[ \t]", re.M)  # in a piece of job lines only (_count_states)
 _UNKNOWN_STATE = re.compile(rb"[^.+rd!e\-]")
 _LIST_CHUNK = 1 << 16  # jobs formatted per piece of runset's output
 _SET_BATCH = 1024  # job locks --set holds at once, so one fsync covers many bytes
 _SET_TRIES = 5  # a lock held through all of them (~0.1 s) is a running job's
 _SET_RETRY_PAUSE = 0.025
+_MAX_NOTICE = 4096  # bytes of line numbers in one #runmaker set notice
 _PROGRESS_CELLS = 16
+_UNFINISHED = re.compile(rb"[^d\-]+")  # runs of jobs that may still change
+_WATCH_RATE = 512 << 10  # bytes a second runwait rereads, at most (after its first look)
+_WATCH_MIN_READ = 64 << 10  # bytes a look may read however soon it follows the last
+_WATCH_GAP = 4096  # runs of unfinished jobs closer than this are read in one piece
 
 
 @dataclass(frozen=True)
@@ -2571,10 +3000,20 @@ def list_jobs(
         jobfile = JobFile(path, writable=False, warn=warn)
         try:
             check_file_locking(path, fd=jobfile.fd)
-            data, states, chosen = _read_selection(jobfile, selection, wanted, pattern)
+            if summary and not (selection.jobs or wanted is not None or pattern is not None):
+                counts, lost_count = _count_states(jobfile)
+                yield _summary_text(counts, lost_count, as_json)
+                return
+            # Counting needs no command: then the file is indexed a piece at a
+            # time and never held whole.
+            data, states, chosen = _read_selection(
+                jobfile, selection, wanted, pattern, commands=not summary or pattern is not None
+            )
             lost = _probe_running_jobs(jobfile, states, chosen)
             if summary:
-                yield _summary_text(states, chosen, len(lost), as_json)
+                picked = states if isinstance(chosen, range) else (states[i] for i in chosen)
+                counts = collections.Counter(picked)
+                yield _summary_text(counts, len(lost), as_json)
                 return
             lines, offsets, ends = jobfile.lines, jobfile.offsets, jobfile.ends
             skip = _COMMAND_SKIP
@@ -2652,21 +3091,29 @@ def set_job_states(
             fd, offsets = jobfile.fd, jobfile.offsets
             byte = bytes((target,))
             busy = [index for index in chosen if states[index] != target]
-            for attempt in range(_SET_TRIES):
-                if attempt:
-                    time.sleep(_SET_RETRY_PAUSE)
-                busy = _set_unlocked_jobs(fd, offsets, busy, byte, wanted)
-                if not busy:
-                    break
+            changed: list[int] = []
+            try:
+                for attempt in range(_SET_TRIES):
+                    if attempt:
+                        time.sleep(_SET_RETRY_PAUSE)
+                    busy = _set_unlocked_jobs(fd, offsets, busy, byte, wanted, changed)
+                    if not busy:
+                        break
+            finally:
+                _append_set_notice(jobfile, changed)
             return [jobfile.lines[index] for index in busy]
         finally:
             jobfile.close()
 
 
 def _set_unlocked_jobs(
-    fd: int, offsets: array.array[int], chosen: list[int], byte: bytes, wanted: bytes | None
+    fd: int, offsets: array.array[int], chosen: list[int], byte: bytes, wanted: bytes | None,
+    changed: list[int],
 ) -> list[int]:
-    """Write ``byte`` to each chosen job whose lock is free; return the others."""
+    """Write ``byte`` to each chosen job whose lock is free; return the others.
+
+    Adds the index of each job whose byte it wrote to ``changed``.
+    """
     busy: list[int] = []
     held: list[int] = []
     written = False
@@ -2685,6 +3132,7 @@ def _set_unlocked_jobs(
             if selected and current and current != byte:
                 _write_job_state(fd, offset, byte)
                 written = True
+                changed.append(index)
             if len(held) >= _SET_BATCH:
                 _release_job_locks(fd, held, written)
                 held.clear()
@@ -2692,6 +3140,21 @@ def _set_unlocked_jobs(
     finally:
         _release_job_locks(fd, held, written)
     return busy
+
+
+def _append_set_notice(jobfile: JobFile, changed: list[int]) -> None:
+    """Append ``#runmaker set LINES`` naming the jobs whose bytes were changed in place.
+
+    Workers and runwait follow what is appended, and reread no state byte
+    of a finished stretch of the file: this notice is how they learn of
+    the change.  Written after the bytes are durable and unlocked; a list
+    too long for one line becomes a notice without lines (reread all).
+    """
+    if not changed:
+        return
+    ranges = _line_ranges(jobfile.lines, sorted(changed))
+    notice = b"#runmaker set %s\n" % ranges.encode() if len(ranges) <= _MAX_NOTICE else b"#runmaker set\n"
+    append_to_shared_file(jobfile.fd, notice)
 
 
 def append_jobs(
@@ -2831,16 +3294,22 @@ class JobCounts:
 class JobWatcher:
     """Looks at a job file again and again, for ``runwait``, on one descriptor.
 
-    Each look takes the reading lock once, reads the file in one pread,
-    indexes only lines appended since the last look and takes every state
-    byte in one C call; only ``r`` jobs are probed.  No lock is held between
-    looks, and none that a worker would wait for more than one read.
+    The first look reads the whole file.  Later looks read what was
+    appended, the state bytes that ``#runmaker set`` notices name, and the
+    stretches of the file holding jobs not yet ``d`` or ``-`` (nothing else
+    changes them), at most _WATCH_RATE bytes a second: when those stretches
+    are larger, each look rereads the next part of them in turn.  Only
+    ``r`` jobs are probed.  No lock is held between looks, and none that a
+    worker would wait for more than one read.
     """
 
     def __init__(self, path: str, *, warn: Callable[[str], None] | None = None) -> None:
         self.jobfile = JobFile(path, writable=False, warn=warn)
         self._states = bytearray()
         self._lost: set[int] = set()
+        self._looked = False
+        self._last_look = 0.0
+        self._cursor = 0  # the job index the next partial reread starts at
 
     def close(self) -> None:
         self.jobfile.close()
@@ -2852,16 +3321,20 @@ class JobWatcher:
         it was opened: workers stop using such a file, so waiting on is futile.
         """
         jobfile = self.jobfile
-        data, _, _ = jobfile.read(whole=True)
+        if not self._looked:
+            self._states = bytearray(jobfile.read_new_states()[1])
+            jobfile.take_set_notices()  # every byte was just read
+            self._looked = True
+        else:
+            self._read_changes()
+        self._last_look = time.monotonic()
         if jobfile.replaced():
             raise RunmakerError(
                 f"{jobfile.path}: the file was replaced or truncated while runwait watched it "
                 "(an editor that saves a new copy?); workers stop using it"
             )
-        states = bytearray(jobfile.states_of(data))
-        del data
+        states = self._states
         self._lost = _probe_running_jobs(jobfile, states, range(len(states)))
-        self._states = states
         pending = states.count(b".") + states.count(b"+")
         running = states.count(b"r") - len(self._lost)
         done, failed, error = states.count(b"d"), states.count(b"!"), states.count(b"e")
@@ -2872,6 +3345,59 @@ class JobWatcher:
             pending=pending, running=running, done=done, failed=failed, error=error,
             lost=lost, unknown=unknown, retired=retired,
         )
+
+    def _read_changes(self) -> None:
+        """Bring the cached state bytes up to date, reading only what may have changed."""
+        jobfile, states = self.jobfile, self._states
+        first_new, new_states = jobfile.read_new_states()
+        if jobfile.shrunk:
+            return  # look() raises
+        del states[first_new:]
+        states += new_states
+        for first_line, last_line in jobfile.take_set_notices():
+            if (first_line, last_line) == (1, 0):
+                states[:] = jobfile.states_between(0, len(states))
+                continue
+            first = bisect.bisect_left(jobfile.lines, first_line)
+            last = min(bisect.bisect_right(jobfile.lines, last_line), len(states))
+            if first < last:
+                states[first:last] = jobfile.states_between(first, last)
+        budget = max(_WATCH_MIN_READ, (time.monotonic() - self._last_look) * _WATCH_RATE)
+        for first, last in self._unfinished_spans(budget):
+            states[first:last] = jobfile.states_between(first, last)
+
+    def _unfinished_spans(self, budget: float) -> list[tuple[int, int]]:
+        """Runs of jobs to reread: every job not ``d`` or ``-``, from the cursor
+        on (then from the start again), at most about ``budget`` bytes of
+        the file; the cursor moves on to where the next look goes on.
+
+        Runs closer than _WATCH_GAP bytes are read as one.
+        """
+        offsets, states = self.jobfile.offsets, self._states
+        start = self._cursor if self._cursor < len(states) else 0
+        spans: list[tuple[int, int]] = []
+        spent = 0.0
+        for begin, end in ((start, len(states)), (0, start)):
+            for match in _UNFINISHED.finditer(states, begin, end):
+                first, last = match.span()
+                # Bytes between the last span and this run, if read with it.
+                gap = _WATCH_GAP
+                if spans and first > spans[-1][0]:
+                    gap = offsets[first] - offsets[spans[-1][1] - 1]
+                joined = gap < _WATCH_GAP
+                cost = (gap if joined else 0) + offsets[last - 1] + 1 - offsets[first]
+                if spent + cost > budget:
+                    if spans:
+                        self._cursor = first
+                        return spans
+                    # One run larger than the budget: its first part now.
+                    last = bisect.bisect_right(offsets, offsets[first] + budget, first + 1, last)
+                    self._cursor = last
+                    return [(first, last)]
+                spent += cost
+                spans[-1:] = [(spans[-1][0], last)] if joined else [*spans[-1:], (first, last)]
+        self._cursor = 0
+        return spans
 
     def name_unsuccessful_jobs(self) -> dict[str, str]:
         """The lines of the last look's unsuccessful jobs, by kind, as ranges.
@@ -3008,15 +3534,20 @@ def _settable_state(state: str) -> int:
 
 
 def _read_selection(
-    jobfile: JobFile, selection: JobSelection, wanted: bytes | None, pattern: re.Pattern[str] | None
+    jobfile: JobFile, selection: JobSelection, wanted: bytes | None, pattern: re.Pattern[str] | None,
+    *, commands: bool = True,
 ) -> tuple[bytes, bytearray, Sequence[int]]:
     """Read the whole file once (reading lock) and pick the selected jobs.
 
     Returns the data, every job's state byte, and the selected job indexes
-    in file order (a range when that is every job).
+    in file order (a range when that is every job).  Without ``commands``
+    the data is empty: the file is indexed a piece at a time instead.
     """
-    data, _, _ = jobfile.read(whole=True)
-    states = bytearray(jobfile.states_of(data))
+    if commands:
+        data, _, _ = jobfile.read(whole=True)
+        states = bytearray(jobfile.states_of(data))
+    else:
+        data, states = b"", bytearray(jobfile.read_new_states()[1])
     chosen: Sequence[int] = range(len(states))
     if selection.jobs:
         chosen = _jobs_named(jobfile, selection.jobs)
@@ -3098,8 +3629,78 @@ def _probe_running_jobs(jobfile: JobFile, states: bytearray, chosen: Sequence[in
     return lost
 
 
-def _summary_text(states: bytearray, chosen: Sequence[int], lost: int, as_json: bool) -> str:
-    counts = collections.Counter(states if isinstance(chosen, range) else (states[i] for i in chosen))
+def _count_states(jobfile: JobFile) -> tuple[collections.Counter[int], int]:
+    """Count every job per state byte, and the lost ones, building no index.
+
+    For ``runset --summary`` of a whole file: a piece at a time under the
+    reading lock, job lines found by a regular expression in C.  A piece
+    with a directive or a line that is neither a job, a comment nor blank
+    is indexed by the JobFile instead, which warns about it as usual.
+    ``r`` jobs are probed (a shared lock attempt, the byte reread).
+    """
+    counts: collections.Counter[int] = collections.Counter()
+    running: list[int] = []
+    fd = jobfile.fd
+    with _ReadingLock(fd):
+        size = os.fstat(fd).st_size
+    pos = line = 0
+    data = b""
+    while pos + len(data) < size:
+        with _ReadingLock(fd):
+            more = os.pread(fd, min(size - pos - len(data), _INDEX_CHUNK), pos + len(data))
+        if not more:
+            break
+        data += more
+        cut = data.rfind(b"\n") + 1 if pos + len(data) < size else len(data)
+        if cut == 0:
+            continue  # a line longer than a piece: read on
+        piece, data = data[:cut], data[cut:]
+        if not piece.endswith(b"\n"):
+            piece += b"\n"  # the last line, without its newline
+        lines = piece.count(b"\n")
+        found = _count_job_lines(b"\n" + piece)
+        if found is None:
+            first = len(jobfile.offsets)
+            jobfile.line_count = line
+            jobfile._index_lines(piece, pos)
+            states = jobfile.states_of(piece, pos, first)
+            counts.update(states)
+            running += [jobfile.offsets[first + m.start()] for m in re.finditer(rb"r", states)]
+        else:
+            counts.update(found)
+            if found[_RUNNING]:
+                running += [pos + m.start() for m in _RUNNING_JOB.finditer(piece)]
+        pos += cut
+        line += lines
+    lost = 0
+    for offset in running:
+        if not _lock_byte(fd, offset, exclusive=False, wait=False):
+            continue  # held: the job is live
+        try:
+            current = os.pread(fd, 1, offset)
+        finally:
+            _unlock_byte(fd, offset)
+        if current == b"r":
+            lost += 1
+        elif current:
+            counts[_RUNNING] -= 1
+            counts[current[0]] += 1
+    return +counts, lost
+
+
+def _count_job_lines(text: bytes) -> collections.Counter[int] | None:
+    """Lines of ``text`` (each after a newline) per state, when every line is
+    a job; None when some line needs a closer look (the index's).
+
+    One regular expression that starts at each newline: no Python work per line.
+    """
+    states = b"".join(_LINE_STATE.findall(text))
+    if len(states) != text.count(b"\n") - text.endswith(b"\n") or _BLANK_COMMAND.search(text):
+        return None
+    return collections.Counter(states)
+
+
+def _summary_text(counts: collections.Counter[int], lost: int, as_json: bool) -> str:
     order = list(_SUMMARY_ORDER) + sorted(set(counts) - set(_SUMMARY_ORDER))
     present = [(state, counts[state]) for state in order if counts[state]]
     total = sum(counts.values())
@@ -3134,6 +3735,57 @@ def _line_ranges(lines: array.array[int], indexes: list[int]) -> str:
 # --------------------------------------------------------------------------
 
 
+_RUNMAKER4 = (
+    "runmaker4's running jobs hold no lock, so runmaker would take them for lost and run them "
+    "a second time; stop runmaker4 first (never run both on one file)"
+)
+
+
+def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> None:
+    """Refuse a job file that runmaker must not work on; pass on its warnings.
+
+    Reads it a first time, before anything is written or created, with the
+    warnings about mistaken lines held back.  Raises RunmakerError for a
+    file with no job line but lines that look like commands (a file of bare
+    commands: one error, not a warning a line), and for a file that
+    runmaker4 is seen using: a ``?`` state byte (runmaker4's claim in
+    progress), or ``r`` jobs with no job lock while another process locks
+    the whole file, as runmaker4, runset4.py and runwait4.py do to read.
+    Otherwise hands the held warnings to ``notify``.
+    """
+    with jobfile.warnings_held() as held:
+        data, _, _ = jobfile.read(whole=True)
+    path, lines = jobfile.path, jobfile.lines
+    if not jobfile.offsets and jobfile.first_command_like is not None:
+        line, raw = jobfile.first_command_like
+        command = _shown(raw.rstrip())
+        many = jobfile.command_like_lines
+        what = "1 line that looks like a command" if many == 1 else f"{many} lines that look like commands"
+        raise RunmakerError(
+            f"{path}: no job line, but {what} (line {line}: '{command}'); "
+            f"a job line is a state byte, a space, then the command: '. {command}'"
+        )
+    for message in held:
+        notify(message)
+    states = jobfile.states_of(data)
+    claiming = states.find(b"?")
+    if claiming >= 0:
+        raise RunmakerError(
+            f"{path}:{lines[claiming]}: '?' is runmaker4's claim in progress, so runmaker4 uses this file; "
+            f"{_RUNMAKER4}"
+        )
+    running = [m.start() for m in re.finditer(rb"r", states)]
+    if running and _whole_file_locked_elsewhere(jobfile.fd):
+        # A shared probe: it passes the whole-file read lock, not a worker's job lock.
+        unlocked = [i for i in running if not _is_locked_elsewhere(jobfile.fd, jobfile.offsets[i])]
+        if unlocked:
+            raise RunmakerError(
+                f"{path}: jobs at line {_line_ranges(lines, unlocked)} are 'r' with no job lock while "
+                "another process locks the whole file, as runmaker4 does, so runmaker4 uses this file; "
+                f"{_RUNMAKER4}"
+            )
+
+
 def run_worker(
     path: str,
     options: WorkerOptions,
@@ -3152,6 +3804,7 @@ def run_worker(
     jobfile = JobFile(path, warn=notify)
     try:
         check_file_locking(path, fd=jobfile.fd)
+        check_job_file(jobfile, notify)
         options = dataclasses.replace(options, job_file=os.path.abspath(path))
         records = _Records(options, jobfile.identity, notify)
         for fd, name, what in (
@@ -3188,12 +3841,16 @@ def _run_scheduled(
     then; nothing more is written (closing only releases the locks).
     """
     try:
-        scheduler = Scheduler(jobfile, retry=retry)
+        scheduler = Scheduler(jobfile, retry=retry, notify=notify)
     except OSError as exc:
         raise file_system_failed(jobfile.path, exc) from None
     failed = False
     try:
-        return Worker(scheduler, options, records, console=console, notify=notify).run()
+        worker = Worker(scheduler, options, records, console=console, notify=notify)
+        code = worker.run()
+        if not worker.jobs_started and scheduler.idle_reason is IdleReason.DONE:
+            notify("runmaker: " + scheduler.describe_nothing_to_run())
+        return code
     except OSError as exc:
         failed = True
         raise file_system_failed(jobfile.path, exc) from None
@@ -3383,7 +4040,7 @@ class OneLineErrorCommand(click.Command):
 @click.option("--bind", metavar="ADDR", help="With --serve: listen on ADDR only (default: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=_TCP_PORT, show_default=True,
               help="TCP port of --serve and --connect (--serve --port 0: any free port).")
-@click.option("--token", metavar="TOKEN|FILE",
+@click.option("--token", type=click.Path(), metavar="TOKEN|FILE",
               help="The shared secret, or a file holding it [--serve: a new one in ~/.runmaker.token; "
                    "--connect: that file].")
 @click.option("--tcp-timings", metavar="NAME=SECONDS,...", hidden=True,
@@ -3395,14 +4052,29 @@ def main(
     requeue: bool, quiet: bool, serve: bool, connect: str | None, bind: str | None, port: int,
     token: str | None, tcp_timings: str | None,
 ) -> None:
-    """Run the pending jobs of FILE, up to -j at a time, with any number of
-    other workers on this or other hosts sharing FILE.
+    """Run the pending jobs of the job FILE, up to -j at a time, beside any
+    number of other workers on this or other hosts sharing FILE.
 
     \b
-    Example:
-        runmaker -j8 runs.txt
-        runmaker --serve runs.txt                        (on the host with the file)
-        runmaker --connect lab-ws --token TOKEN -j8      (on each other host)
+    FILE: one job per line, a state byte, a space, a shell command.
+    States: . pending  + urgent  r running  d done  ! failed  e error
+            - retired;  lines starting # or / are comments.
+    Runs the + jobs, then the . jobs (with -r also ! and e), in file order,
+    and writes each one's state back in place: . -> r -> d (or !).
+
+    \b
+    Examples:
+        runmaker -j8 runs.txt                         up to 8 jobs at once
+        runmaker -r runs.txt                          run failed and error jobs again
+        runmaker -j0 -l runs.log runs.txt             a job per CPU, a shared log
+        runmaker --serve runs.txt                     (on the host with the file)
+        runmaker --connect lab-ws --token FILE -j8    (on each other host)
+
+    \b
+    Exit status: 0 every job it ran ended d (or there was nothing to run);
+    1 a job it ran ended ! or e, or a runtime failure; 2 usage or input
+    error (the file untouched); 130 after a drain that SIGINT, SIGTERM or
+    SIGHUP started.
     """
     tcp = _TcpCommand(serve, connect, bind, port, token, tcp_timings)
     tcp.check(_given_options())

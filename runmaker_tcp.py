@@ -14,6 +14,7 @@ import dataclasses
 import errno
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import re
@@ -45,12 +46,14 @@ from runmaker import (
     WorkerOptions,
     _check_open_file_limit,
     _drain_wakeup,
+    _OutputBuffer,
     _Records,
     _signal_name,
     _writable_by_others,
     _write_all,
     check_file_locking,
-    short_hostname,
+    check_job_file,
+    host_name,
     stop_signals_waking,
     work_is_over,
 )
@@ -70,7 +73,8 @@ __all__ = ["ServerOptions", "TcpTimings", "run_tcp_client", "serve_job_file"]
 # both ways before any command or state crosses:
 #
 #   server: {"runmaker": 1, "nonce": NS}
-#   client: {"nonce": NC, "proof": HMAC(token, "client" NS NC), "host": H, "jobs": J}
+#   client: {"nonce": NC, "proof": HMAC(token, "client" NS NC), "host": H, "jobs": J,
+#            "silence": S, "grace": G}   (its silence deadline and kill grace)
 #   server: {"proof": HMAC(token, "server" NS NC), "file": PATH, "host": H}
 #           or {"denied": WHY}, and it hangs up
 #
@@ -82,11 +86,15 @@ __all__ = ["ServerOptions", "TcpTimings", "run_tcp_client", "serve_job_file"]
 # without the token is refused.  There is no encryption (see the README).
 #
 #   client: claim {n, done}   done {done}   ping   bye
-#   server: jobs {jobs}       end {block}   stop   ping   bye
+#   server: jobs {jobs}       end {block}   stop   kill {lines}   ping   bye
 #
 # ``done`` lists [line, state] of jobs the client finished (state "." for
-# one its --requeue stopped: the server puts it back as it was); each ``claim``
-# is answered at once by one ``jobs`` with up to n [line, base64 command];
+# one its --requeue stopped, or that it got but never started, having
+# stopped claiming meanwhile: the server puts it back as it was); each
+# ``claim`` is answered at once by one ``jobs`` with up to n [line, base64
+# command] (the client reads the answer when it comes, never waiting for
+# it); ``kill`` names jobs a kill line (runset --kill) stops: the client
+# ends them '!' (killed);
 # ``end`` says nothing is left (the same rule as a worker's), ``stop`` that
 # the server was signalled twice.  Either side pings after ``heartbeat``
 # seconds of sending nothing and gives up a peer silent for longer than its
@@ -95,12 +103,22 @@ __all__ = ["ServerOptions", "TcpTimings", "run_tcp_client", "serve_job_file"]
 # Reconnecting: a client that loses its server stops its running jobs (they
 # end 'e', as the server marks them) and connects again only once none is
 # left, so no job of the old connection runs beside the new one's.  The
-# server, in turn, holds a lost connection's jobs locked before it marks
-# them 'e': ``lost_release`` seconds when the client hung up,
-# ``lost_release_unheard`` when the server hung up (the client may learn it
-# only at its own silence deadline), none after ``server_silence``: by then
-# the client, if alive, has stopped them, so nobody (with --retry) starts
-# one of them again while it still runs.
+# server, in turn, keeps a lost connection's jobs locked before it marks
+# them 'e' and hands them on: for the client's own silence deadline and
+# kill grace (it says them when it connects) and a margin, counted from
+# the moment the connection was lost, whether the client hung up, we hung
+# up on it, or it went silent.  By then a client whose loop runs has
+# stopped them: it learns it is lost at once (a hang-up) or at its
+# silence deadline, and its loop never waits on its console, its disk or
+# the server.  Only a client frozen for longer (SIGSTOP, a paused VM) can
+# still run them then; see the README.
+#
+# Strangers (connections not yet authenticated) get _MAX_STRANGERS slots,
+# at most _STRANGERS_PER_ORIGIN from one address (an IPv6 /64); a
+# newcomer takes the slot of the oldest stranger of the origin that holds
+# the most, and under pressure has auth_busy seconds to authenticate.
+# What strangers do is shown a few lines per origin per report_interval,
+# then counted: one line per origin sums up the rest.
 
 _PROTOCOL = 1
 _TOKEN_FILE = "~/.runmaker.token"
@@ -115,7 +133,13 @@ _MAX_BACKLOG = 4 * _MAX_MESSAGE  # unsent bytes kept for a peer that does not re
 _RECEIVE_BUDGET = 1 << 18  # bytes read from one peer per turn of the loop
 _MAX_PEERS = 512
 _MAX_STRANGERS = 64  # connections not yet authenticated
+_STRANGERS_PER_ORIGIN = 8  # of those, from one IPv4 address or IPv6 /64
+_SHOWN_PER_ORIGIN = 20  # lines about one origin's strangers per report interval; then counted
+_SHOWN_STRANGER_LINES = 100  # and about all strangers
+_MAX_ORIGINS_COUNTED = 256  # origins counted one by one per interval; the rest together
+_MAX_SECONDS_SAID = 3600.0  # a client's deadline or grace, as it says them
 _MAX_CLAIM = 1024  # jobs asked for at once
+_NOTICES_BEHIND = 1 << 20  # bytes of stderr lines not yet written before more are dropped
 
 
 @dataclass(frozen=True)
@@ -134,6 +158,8 @@ class TcpTimings:
     kill_grace: float = _KILL_GRACE
     silence_margin: float = 5.0  # on top of a silent client's deadline and kill
     release_margin: float = 2.0  # on top of a lost client's stopping its jobs
+    auth_busy: float = 2.0  # the deadline to authenticate once strangers hold half the slots
+    report_interval: float = 60.0  # strangers' events beyond a few per address: one line per this
     goodbye: float = 2.0  # spent delivering last words before hanging up
     give_up: float = 60.0  # a client stops trying to reach its server after this long
     backoff_first: float = 0.5
@@ -147,13 +173,11 @@ class TcpTimings:
 
     @property
     def lost_release(self) -> float:
-        """A client that hung up (or whose host reset the connection) knows
-        it is gone and stops its jobs within the grace of the kill."""
-        return self.heartbeat + self.kill_grace + self.release_margin
-
-    @property
-    def lost_release_unheard(self) -> float:
-        """One the server hangs up on may hear of it only at its own silence deadline."""
+        """How long the server keeps a lost client's jobs locked before it
+        marks them 'e' (when the client did not say its own deadlines): a
+        client learns it is lost at once (it hung up, or hears us hang up)
+        or at its silence deadline at the latest, then stops its jobs
+        within the grace of the kill."""
         return self.client_silence + self.kill_grace + self.release_margin
 
     @classmethod
@@ -201,6 +225,11 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
 
+def _jobs(count: object) -> str:
+    """``1 job``, ``8 jobs``: a count as a user reads it."""
+    return "1 job" if count == 1 else f"{count} jobs"
+
+
 def _peer_name(address: tuple[object, ...]) -> str:
     """``host:port`` as a user writes it; IPv4 peers of a dual-stack socket unmapped."""
     host, port = str(address[0]), address[1]
@@ -213,6 +242,23 @@ def _is_hex(value: object, size: int) -> bool:
     if not isinstance(value, str) or len(value) != 2 * size:
         return False
     return re.fullmatch(r"[0-9a-f]*", value) is not None
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= _MAX_SECONDS_SAID
+
+
+def _origin(address: tuple[object, ...]) -> str:
+    """Where a connection comes from, for the strangers' limits: its IPv4 address or IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(str(address[0]).partition("%")[0])
+    except ValueError:
+        return str(address[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def _proof(token: bytes, side: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
@@ -364,6 +410,38 @@ class _Channel:
         self.sock.close()
 
 
+class _Notices:
+    """A server's or client's ``notify``, called by a thread of its own.
+
+    Its loop never waits on stderr: a pipe nobody reads, a terminal on
+    hold.  Far behind, lines are dropped and counted; a stderr that fails
+    (a full disk, /dev/full) drops them all: it cannot say so anywhere.
+    """
+
+    def __init__(self, notify: Callable[[str], None]) -> None:
+        self._notify = notify
+        self._buffer = _OutputBuffer(self._write, _NOTICES_BEHIND)
+        self._dropped = 0
+
+    def __call__(self, message: str) -> None:
+        if self._buffer.full:
+            self._dropped += 1
+            return
+        if self._dropped:
+            self._buffer.put(f"runmaker: {self._dropped} lines not shown: stderr fell behind\n"
+                             .encode())
+            self._dropped = 0
+        self._buffer.put(message.encode("utf-8", "surrogatepass") + b"\n")
+
+    def drain(self) -> None:
+        """Wait until every line is shown (or stderr failed)."""
+        self._buffer.drain()
+
+    def _write(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "surrogatepass").splitlines():
+            self._notify(line)
+
+
 # -- tokens and addresses ---------------------------------------------------
 
 
@@ -482,8 +560,12 @@ class _Peer:
     channel: _Channel
     nonce: bytes
     deadline: float  # to authenticate by (or, closing, to be gone by)
+    origin: str  # its address (an IPv6 /64) for the strangers' limits and reports
+    allowed: float  # seconds it was given to authenticate
+    release: float  # seconds to keep its jobs locked once it is lost
     host: str | None = None  # the client's host name, once authenticated
     claims: dict[int, Claim] = field(default_factory=dict)  # by line number
+    kills_at: dict[int, int] = field(default_factory=dict)  # line -> kill lines known when claimed
     closing: bool = False  # its last message is queued: hang up once it is sent
     shut: bool = False  # the last message is sent: wait for the peer to hang up
     events: int = 0
@@ -491,6 +573,51 @@ class _Peer:
     @property
     def label(self) -> str:
         return f"{self.channel.name} ({self.host})" if self.host else self.channel.name
+
+
+class _StrangerReports:
+    """The server's lines about strangers, bounded: a flood cannot fill its log.
+
+    Per report interval, the first few lines about each origin (and about
+    all of them) are shown; the rest are counted, and when the interval
+    ends one line per origin says how many more there were.
+    """
+
+    def __init__(self, notify: Callable[[str], None], interval: float) -> None:
+        self._notify = notify
+        self._interval = interval
+        self._ends = time.monotonic() + interval
+        self._shown: dict[str, int] = {}
+        self._shown_in_all = 0
+        self._hidden: dict[str, int] = {}
+        self._hidden_elsewhere = 0  # from origins beyond _MAX_ORIGINS_COUNTED
+
+    def say(self, origin: str, line: str) -> None:
+        shown = self._shown.get(origin, 0)
+        if shown < _SHOWN_PER_ORIGIN and self._shown_in_all < _SHOWN_STRANGER_LINES:
+            self._shown[origin] = shown + 1
+            self._shown_in_all += 1
+            self._notify(line)
+        elif origin in self._hidden or len(self._hidden) < _MAX_ORIGINS_COUNTED:
+            self._hidden[origin] = self._hidden.get(origin, 0) + 1
+        else:
+            self._hidden_elsewhere += 1
+
+    def tick(self, now: float) -> float:
+        """Sum up a finished interval; return when the current one ends."""
+        if now >= self._ends:
+            span = f"in the last {self._interval:g} s"
+            for origin, count in self._hidden.items():
+                self._notify(f"runmaker: {origin}: {count} more connections, drops or failed "
+                             f"authentications of strangers {span}, not shown one by one")
+            if self._hidden_elsewhere:
+                self._notify(f"runmaker: {self._hidden_elsewhere} more events of strangers from "
+                             f"other addresses {span}, not shown one by one")
+            self._shown.clear()
+            self._hidden.clear()
+            self._shown_in_all = self._hidden_elsewhere = 0
+            self._ends = now + self._interval
+        return self._ends
 
 
 class _Server:
@@ -514,6 +641,8 @@ class _Server:
         self._path = os.path.abspath(scheduler.jobfile.path)
         self._poller = select.poll()
         self._peers: dict[int, _Peer] = {}  # socket fd -> peer
+        self._strangers: dict[str, list[_Peer]] = {}  # origin -> its unauthenticated peers, oldest first
+        self._reports = _StrangerReports(notify, timings.report_interval)
         self._lost: list[tuple[float, list[Claim]]] = []  # release time, claims
         self._signals: list[int] = []
         self._signals_seen = 0
@@ -524,6 +653,9 @@ class _Server:
         self._nothing_left: IdleReason | None = None  # DONE or BLOCKED, once seen
         self._block = ""
         self._next_look = 0.0
+        self._next_refresh = 0.0
+        self._kills_known = len(scheduler.jobfile.kills)  # older ones stopped older runs
+        self._given_back: set[int] = set()  # indexes of jobs put back as they were, maybe pending
 
     def run(self) -> int:
         with stop_signals_waking(self._on_signal) as wake_r:
@@ -545,6 +677,7 @@ class _Server:
             self._handle_signals()
             now = time.monotonic()
             wake_at = self._keep_time(now)
+            self._pass_kills(now)
             self._scheduler.commit()
             if self._is_over(now):
                 return
@@ -579,7 +712,10 @@ class _Server:
                 self._notify(f"runmaker: {name}: stopping {running} running jobs")
                 for peer in self._clients():
                     self._send(peer, {"t": "stop"})
-                self._stop_deadline = time.monotonic() + self.timings.kill_grace + self.timings.heartbeat
+                # A client that cannot hear us stops its jobs by its own deadlines.
+                self._stop_deadline = time.monotonic() + max(
+                    [peer.release for peer in self._peers.values()] + [self.timings.lost_release]
+                )
 
     # -- time --------------------------------------------------------------
 
@@ -591,13 +727,17 @@ class _Server:
             if peer.host is None or peer.closing:
                 if now >= peer.deadline:
                     late = "did not hang up after its last message" if peer.closing else (
-                        f"no authentication within {self.timings.auth_deadline:g} s"
+                        f"no authentication within {peer.allowed:g} s"
                     )
                     self._drop(peer, late)
                     continue
                 wake_at = min(wake_at, peer.deadline)
             elif now - channel.last_received >= self.timings.server_silence:
-                self._drop(peer, f"silent for {self.timings.server_silence:g} s", silent=True)
+                self._serve(peer, select.POLLIN)  # it may have spoken while we were stopped
+                if peer.channel.sock.fileno() in self._peers and (
+                    time.monotonic() - channel.last_received >= self.timings.server_silence
+                ):
+                    self._drop(peer, f"silent for {self.timings.server_silence:g} s")
                 continue
             else:
                 if now - channel.last_sent >= self.timings.heartbeat:
@@ -614,6 +754,7 @@ class _Server:
                 self._mark_errors(claims)
             for moment, _ in self._lost:
                 wake_at = min(wake_at, moment)
+        wake_at = min(wake_at, self._reports.tick(now))
         if self._accept_again is not None:
             if now >= self._accept_again:
                 self._accept_again = None
@@ -621,6 +762,24 @@ class _Server:
             else:
                 wake_at = min(wake_at, self._accept_again)
         return wake_at
+
+    def _pass_kills(self, now: float) -> None:
+        """runset --kill: tell the client running a job a new kill line names to stop it.
+
+        A kill line acts on the runs that were going when it was appended:
+        one read before a job was claimed does not touch that run.
+        """
+        if self._scheduler.held and now >= self._next_refresh:
+            self._scheduler.refresh()  # reads appended lines, kill lines among them
+            self._next_refresh = now + _REFRESH_GAP
+        kills = self._scheduler.jobfile.kills
+        for number in range(self._kills_known, len(kills)):
+            for peer in self._clients():
+                lines = [line for line in kills[number]
+                         if line in peer.claims and peer.kills_at.get(line, 0) <= number]
+                if lines:
+                    self._send(peer, {"t": "kill", "lines": lines})
+        self._kills_known = len(kills)
 
     def _mark_errors(self, claims: list[Claim]) -> None:
         for claim in claims:
@@ -650,7 +809,11 @@ class _Server:
         # Nobody asks: look for anything left to run, as seldom as a worker would.
         ended = self._scheduler.nothing_left()
         self._next_look = time.monotonic() + max(_POLL, 20 * (time.monotonic() - now))
-        if not work_is_over(ended, running=False, follow=False):
+        # A job given back is pending, though the scheduler may not count it
+        # until its lock is released (the committer thread's, after fsync).
+        states = self._scheduler.states
+        self._given_back = {i for i in self._given_back if states[i] in b".+"}
+        if self._given_back or not work_is_over(ended, running=False, follow=False):
             return False
         self._nothing_left = ended
         if ended is IdleReason.BLOCKED:
@@ -675,32 +838,50 @@ class _Server:
                 self._poller.unregister(self._listener.fileno())
                 self._accept_again = time.monotonic() + 1.0
                 return
-            name = _peer_name(address)
-            if len(self._peers) >= _MAX_PEERS:
-                self._notify(f"runmaker: {name}: refused: already {_MAX_PEERS} connections")
+            name, origin = _peer_name(address), _origin(address)
+            if len(self._peers) >= _MAX_PEERS and not self._strangers:
+                self._reports.say(origin, f"runmaker: {name}: refused: already {_MAX_PEERS} connections")
                 sock.close()
                 continue
-            # Strangers get a small share, so a flood of them cannot keep
-            # real clients (reconnecting after a network fault) out.
-            if sum(peer.host is None for peer in self._peers.values()) >= _MAX_STRANGERS:
-                self._notify(f"runmaker: {name}: refused: {_MAX_STRANGERS} connections still authenticating")
-                sock.close()
-                continue
+            self._make_room_for_stranger(origin)
+            now = time.monotonic()
+            busy = sum(map(len, self._strangers.values())) >= _MAX_STRANGERS // 2
+            wait = self.timings.auth_deadline
+            if busy:  # under pressure, a shorter handshake deadline
+                wait = min(wait, self.timings.auth_busy)
             sock.setblocking(False)
             _tune(sock)
             nonce = secrets.token_bytes(_NONCE_BYTES)
-            peer = _Peer(_Channel(sock, name), nonce, time.monotonic() + self.timings.auth_deadline)
+            peer = _Peer(_Channel(sock, name), nonce, now + wait, origin, wait, self.timings.lost_release)
             self._peers[sock.fileno()] = peer
+            self._strangers.setdefault(origin, []).append(peer)
             self._poller.register(sock.fileno(), select.POLLIN)
             peer.events = select.POLLIN
-            self._notify(f"runmaker: connection from {name}")
+            self._reports.say(origin, f"runmaker: connection from {name}")
             self._send(peer, {"runmaker": _PROTOCOL, "nonce": nonce.hex()})
+
+    def _make_room_for_stranger(self, origin: str) -> None:
+        """Strangers get a small share, and a newcomer always gets in.
+
+        A flood of connections that never authenticate cannot keep a real
+        client (one reconnecting after a network fault) out: one origin
+        holds at most a few slots, and when every slot is taken, the oldest
+        stranger of the origin holding the most gives its slot up.
+        """
+        mine = self._strangers.get(origin, [])
+        if len(mine) >= _STRANGERS_PER_ORIGIN:
+            victim = mine[0]
+        elif sum(map(len, self._strangers.values())) >= _MAX_STRANGERS or len(self._peers) >= _MAX_PEERS:
+            victim = max(self._strangers.values(), key=len)[0]
+        else:
+            return
+        self._drop(victim, "made room for a newer connection")
 
     def _send(self, peer: _Peer, message: dict[str, object]) -> None:
         try:
             peer.channel.send(message)
         except _PeerError as exc:
-            self._drop(peer, str(exc), hung_up=isinstance(exc, _ConnectionGone))
+            self._drop(peer, str(exc))
 
     def _update(self, peer: _Peer) -> None:
         """Send what the peer can take, then (closing) the end of the stream; watch for input."""
@@ -712,7 +893,7 @@ class _Server:
             if peer.closing:
                 self._forget(peer)  # it left first: nothing was lost
             else:
-                self._drop(peer, str(exc), hung_up=isinstance(exc, _ConnectionGone))
+                self._drop(peer, str(exc))
             return
         if peer.closing and not peer.channel.sending and not peer.shut:
             peer.channel.finish_sending()
@@ -740,7 +921,7 @@ class _Server:
                         break
                     self._handle(peer, message)
         except _PeerError as exc:
-            self._drop(peer, str(exc), hung_up=isinstance(exc, _ConnectionGone))
+            self._drop(peer, str(exc))
             return
         self._update(peer)
 
@@ -748,33 +929,44 @@ class _Server:
         fd = peer.channel.sock.fileno()
         self._poller.unregister(fd)
         del self._peers[fd]
+        self._no_stranger(peer)
         peer.channel.close()
 
-    def _drop(self, peer: _Peer, why: str, *, silent: bool = False, hung_up: bool = False) -> None:
+    def _no_stranger(self, peer: _Peer) -> None:
+        mine = self._strangers.get(peer.origin)
+        if mine is not None and peer in mine:
+            mine.remove(peer)
+            if not mine:
+                del self._strangers[peer.origin]
+
+    def _drop(self, peer: _Peer, why: str) -> None:
         """Hang up on a peer; its jobs end 'e' once it has surely stopped them.
 
-        A client that hung up knows it is gone and stops its jobs within
-        the grace of the kill (``timings.lost_release``).  One we hang up on may
-        not hear of it (a network that fails one way) until its own silence
-        deadline (``timings.lost_release_unheard``); one silent for
-        ``timings.server_silence`` has passed that already.
+        Whether it hung up, we hang up on it, or it went silent: a client
+        whose loop runs learns it is lost at once or at its own silence
+        deadline at the latest, and stops its jobs within the grace of the
+        kill; so its jobs stay locked for those (``peer.release``).
         """
         if peer.channel.sock.fileno() not in self._peers:
             return
+        stranger = peer.host is None
         self._forget(peer)
         claims = list(peer.claims.values())
         peer.claims.clear()
         if not claims:
-            self._notify(f"runmaker: {peer.label}: dropped ({why})")
+            line = f"runmaker: {peer.label}: dropped ({why})"
+            if stranger:
+                self._reports.say(peer.origin, line)
+            else:
+                self._notify(line)
             return
-        delay = 0.0 if silent else self.timings.lost_release if hung_up else self.timings.lost_release_unheard
+        delay = peer.release
         self._lost.append((time.monotonic() + delay, claims))
         lines = ", ".join(str(claim.line) for claim in claims[:10])
         lines += ", ..." if len(claims) > 10 else ""
-        when = f" in {delay:g} s, once it has surely stopped them" if delay else ""
         self._notify(
             f"runmaker: {peer.label}: dropped ({why}); its {len(claims)} running "
-            f"jobs (line {lines}) end 'e'{when}"
+            f"jobs (line {lines}) end 'e' in {delay:g} s, once it has surely stopped them"
         )
 
     # -- messages ------------------------------------------------------------
@@ -816,7 +1008,7 @@ class _Server:
         client_nonce = bytes.fromhex(str(nonce))
         expected = _proof(self._token, b"client", peer.nonce, client_nonce)
         if not hmac.compare_digest(bytes.fromhex(str(proof)), expected):
-            self._notify(f"runmaker: {peer.label}: authentication failed (wrong token)")
+            self._reports.say(peer.origin, f"runmaker: {peer.label}: authentication failed (wrong token)")
             peer.channel.send({"denied": "wrong token"})
             peer.closing = True
             peer.deadline = time.monotonic() + self.timings.goodbye
@@ -824,11 +1016,15 @@ class _Server:
         peer.channel.send({
             "proof": _proof(self._token, b"server", peer.nonce, client_nonce).hex(),
             "file": self._path,
-            "host": short_hostname(),
+            "host": host_name(),
         })
         peer.channel.secure(_session_key(self._token, peer.nonce, client_nonce), server=True)
         peer.host = host
-        self._notify(f"runmaker: {peer.label}: authenticated, runs up to {message['jobs']} jobs")
+        self._no_stranger(peer)
+        silence, grace = message.get("silence"), message.get("grace")
+        if _is_seconds(silence) and _is_seconds(grace):
+            peer.release = float(silence) + float(grace) + self.timings.release_margin  # type: ignore[arg-type]
+        self._notify(f"runmaker: {peer.label}: authenticated, runs up to {_jobs(message['jobs'])}")
 
     def _take_states(self, peer: _Peer, done: object) -> None:
         """Write the final states a client reports, through the scheduler."""
@@ -848,8 +1044,11 @@ class _Server:
             if claim is None:
                 raise _PeerError(f"reported line {entry[0]}, which it does not run")
             if entry[1] == ".":
-                # Stopped by the client's --requeue: back to what it was here.
+                # Stopped by the client's --requeue, or given but never
+                # started: back to what it was here, to be run again.
                 self._scheduler.finish_job(claim, claim.was)
+                self._scheduler.attempted.discard(claim.index)
+                self._given_back.add(claim.index)
                 continue
             self._scheduler.finish_job(claim, entry[1])
             if entry[1] != "d":
@@ -885,6 +1084,7 @@ class _Server:
                     self._mark_errors([claim])
                     continue
                 peer.claims[claim.line] = claim
+                peer.kills_at[claim.line] = len(scheduler.jobfile.kills)
                 encoded = base64.b64encode(claim.command).decode("ascii")
                 jobs.append([claim.line, encoded])
                 room -= len(encoded) + 32
@@ -935,6 +1135,11 @@ class _RemoteSource:
     final states; as its Link it is watched by the Worker's loop, which calls
     ``commit`` whenever data arrives or a heartbeat is due, and stops every
     running job once ``broken`` says the server is gone or stops them.
+
+    Nothing here waits on the server while the Worker runs: a claim is sent
+    and its answer taken when it arrives (a later ``claim_jobs`` returns the
+    jobs), so the Worker's timeouts, signals, output and heartbeats go on
+    while the server is slow or stopped.
     """
 
     def __init__(self, channel: _Channel, timings: TcpTimings) -> None:
@@ -945,12 +1150,19 @@ class _RemoteSource:
         self.gone: str | None = None  # why the connection is lost
         self.succeeded = False
         self.unrecorded: list[int] = []  # lines done here the server may not know of
+        # Stops a running job on the server's word (runset --kill); the
+        # client sets it to its Worker's.  True if the job ran here.
+        self.on_kill: Callable[[int], bool] | None = None
         self._stop = False
         self._block = ""
         self._done: list[list[object]] = []  # final states not sent yet
         self._unconfirmed: list[list[object]] = []  # sent, not yet answered
+        self._confirmed_by_answer = 0  # of those, sent before the claim awaiting its answer
         self._held: set[int] = set()
-        self._awaiting = ""  # the answer a blocking call waits for
+        self._asked = 0  # jobs asked for by a claim not answered yet
+        self._answered: list[Claim] = []  # jobs given for a claim, not yet taken by the Worker
+        self._fresh_answer = False
+        self._said_bye = False
         self._quiet_until = 0.0
         self._poller = select.poll()
         self._poller.register(channel.sock.fileno(), select.POLLIN)
@@ -958,27 +1170,30 @@ class _RemoteSource:
     # -- the JobSource ---------------------------------------------------------
 
     def claim_jobs(self, count: int, *, idle: bool = False) -> list[Claim]:
-        """Ask the server for up to ``count`` jobs and wait for its answer."""
+        """The jobs the server gave for an earlier claim; ask for up to ``count`` more.
+
+        Never waits: the answer to a claim is read when it arrives, and the
+        next call returns its jobs.
+        """
         self._serve()
+        if self._answered:
+            claims, self._answered = self._answered[:count], self._answered[count:]
+            return claims
         if self.gone or self.ended or self._stop:
             self.idle_reason = self._why_idle()
             return []
-        now = time.monotonic()
-        if now < self._quiet_until:
-            return []  # it had nothing a moment ago; the Worker looks again soon
+        if self._asked or time.monotonic() < self._quiet_until:
+            return []  # an answer is on its way, or it had nothing a moment ago
+        asked = min(count, _MAX_CLAIM)
         try:
-            self._send({"t": "claim", "n": min(count, _MAX_CLAIM), "done": self._take_done()})
-            answer = self._wait_for("jobs")
-            claims = self._claims_from(answer, count) if answer is not None else []
+            self._send({"t": "claim", "n": asked, "done": self._take_done()})
         except _PeerError as exc:
             self._lose(str(exc))
-            claims = []
-        if len(claims) < count:
-            self.idle_reason = self._why_idle()
-            self._quiet_until = now + _REFRESH_GAP
-        else:
-            self.idle_reason = None
-        return claims
+            return []
+        self._asked = asked
+        self._confirmed_by_answer = len(self._unconfirmed)
+        self.idle_reason = IdleReason.WAITING
+        return []
 
     def refresh(self) -> None:
         """New lines and caps are the server's business: just serve the connection."""
@@ -1014,10 +1229,15 @@ class _RemoteSource:
         return self.channel.sock.fileno()
 
     def timeout(self, now: float) -> float | None:
-        if self.gone or self._stop:
-            return 0.0  # the worker is to act on broken() at once
-        if self._done or self.channel.sending:
-            return 0.0 if self._done else 0.05
+        if self.gone or self._stop or self._done:
+            return 0.0  # the worker is to act at once: on broken(), or to send
+        if self._fresh_answer:
+            # Jobs came while the Worker's turn went on: one turn more at
+            # once to start them (it may not, once it stopped claiming).
+            self._fresh_answer = False
+            return 0.0
+        if self.channel.sending:
+            return 0.05
         channel = self.channel
         moment = min(
             channel.last_sent + self.timings.heartbeat,
@@ -1033,14 +1253,26 @@ class _RemoteSource:
     # -- the connection ------------------------------------------------------
 
     def close(self) -> None:
-        """Report the last states and say goodbye (unless lost or ended); hang up."""
+        """Give back jobs never started, report the last states, say goodbye; hang up.
+
+        Only here, once the Worker has ended, does the client wait on the
+        server (at most its silence deadline): for the answer to a last
+        claim, whose jobs it gives back, and for the goodbye.
+        """
         try:
             if self.gone is None and not self.ended:
-                if self._done:
-                    self._send({"t": "done", "done": self._take_done()})
-                self._send({"t": "bye"})
-                self._wait_for("bye")  # or "end": the server took every state either way
-                self._unconfirmed.clear()
+                if self._asked:
+                    self._wait_until(lambda: not self._asked)
+                for claim in self._answered:  # never started: back as they were
+                    self.finish_job(claim, ".")
+                self._answered.clear()
+                if self.gone is None and not self.ended:
+                    if self._done:
+                        self._send({"t": "done", "done": self._take_done()})
+                    self._send({"t": "bye"})
+                    # Or "end": the server took every state either way.
+                    self._wait_until(lambda: self._said_bye)
+                    self._unconfirmed.clear()
         except _PeerError as exc:
             self._lose(str(exc))
         finally:
@@ -1073,48 +1305,71 @@ class _RemoteSource:
         self._unconfirmed += done
         return done
 
-    def _read(self) -> dict[str, object] | None:
-        """Act on every message received; return the answer awaited, if it came."""
-        answer = None
+    def _read(self) -> None:
+        """Act on every message received."""
         while (message := self.channel.next_message()) is not None:
             kind = message.get("t")
-            if kind == self._awaiting and answer is None:
-                answer = message
-                self._awaiting = ""
-                self._unconfirmed.clear()  # the server took them before it answered
+            if kind == "jobs" and self._asked:
+                self._take_answer(message)
             elif kind == "end":
                 self.ended = True
+                self._asked = 0  # it answers no more claims
                 block = message.get("block")
                 self._block = block if isinstance(block, str) else ""
             elif kind == "stop":
                 self._stop = True
+            elif kind == "kill":
+                self._kill(message.get("lines"))
+            elif kind == "bye":
+                self._said_bye = True
             elif kind != "ping":
                 raise _PeerError("sent an unexpected message")
-        return answer
 
-    def _wait_for(self, kind: str) -> dict[str, object] | None:
-        """Wait for the server's answer (None if it ended first); raises _PeerError."""
-        self._awaiting = kind
-        try:
-            while True:
-                self.channel.flush()
-                self.channel.receive()
-                answer = self._read()
-                if answer is not None:
-                    return answer
-                if self.ended:
-                    return None
-                self.channel.raise_if_closed()
-                now = time.monotonic()
-                left = self.channel.last_received + self.timings.client_silence - now
-                if left <= 0:
-                    raise _ConnectionGone(f"no answer from the server for {self.timings.client_silence:g} s")
-                if now - self.channel.last_sent >= self.timings.heartbeat:
-                    self.channel.send({"t": "ping"})
-                wait = min(left, self.timings.heartbeat, 0.05 if self.channel.sending else left)
-                self._poller.poll(wait * 1000)
-        finally:
-            self._awaiting = ""
+    def _take_answer(self, answer: dict[str, object]) -> None:
+        claims = self._claims_from(answer, self._asked)
+        # The server took the states sent with or before the claim first.
+        del self._unconfirmed[: self._confirmed_by_answer]
+        self._confirmed_by_answer = 0
+        self._answered += claims
+        self._fresh_answer = bool(claims)
+        if len(claims) < self._asked:
+            self.idle_reason = self._why_idle()
+            self._quiet_until = time.monotonic() + _REFRESH_GAP
+        else:
+            self.idle_reason = None
+        self._asked = 0
+
+    def _kill(self, lines: object) -> None:
+        """runset --kill: stop these jobs (a job given but not started ends '!' at once)."""
+        if not isinstance(lines, list) or not all(isinstance(line, int) for line in lines):
+            raise _PeerError("sent a malformed kill")
+        for line in lines:
+            if line not in self._held:
+                continue  # ended meanwhile: its state is on its way
+            waiting = next((claim for claim in self._answered if claim.line == line), None)
+            if waiting is not None:
+                self._answered.remove(waiting)
+                self.finish_job(waiting, "!")
+            elif self.on_kill is not None:
+                self.on_kill(line)
+
+    def _wait_until(self, done: Callable[[], bool]) -> None:
+        """Serve the connection until ``done()`` or the server ends; raises _PeerError."""
+        while True:
+            self.channel.flush()
+            self.channel.receive()
+            self._read()
+            if done() or self.ended:
+                return
+            self.channel.raise_if_closed()
+            now = time.monotonic()
+            left = self.channel.last_received + self.timings.client_silence - now
+            if left <= 0:
+                raise _ConnectionGone(f"no answer from the server for {self.timings.client_silence:g} s")
+            if now - self.channel.last_sent >= self.timings.heartbeat:
+                self.channel.send({"t": "ping"})
+            wait = min(left, self.timings.heartbeat, 0.05 if self.channel.sending else left)
+            self._poller.poll(wait * 1000)
 
     def _claims_from(self, answer: dict[str, object], count: int) -> list[Claim]:
         jobs = answer.get("jobs")
@@ -1184,6 +1439,9 @@ def _connect_to_server(
                 "proof": _proof(secret, b"client", server_nonce, client_nonce).hex(),
                 "host": options.host,
                 "jobs": options.jobs,
+                # How long the server must keep our jobs once it loses us.
+                "silence": timings.client_silence,
+                "grace": timings.kill_grace,
             })
             channel.flush()
             # The welcome names the job file: a long path, JSON-escaped,
@@ -1291,6 +1549,7 @@ class _TcpClient:
         try:
             worker = Worker(remote, options, self.records, console=self.console,
                             notify=self.notify, link=remote)
+            remote.on_kill = worker.kill_job
             code = worker.run()
         finally:
             remote.close()
@@ -1332,9 +1591,20 @@ def serve_job_file(
     Raises RunmakerError for a bad job file, token or address, before the
     job file is touched.  ``timings`` are the protocol's deadlines.
     """
+    notices = _Notices(notify)
+    try:
+        return _serve(path, options, console, notices, timings)
+    finally:
+        notices.drain()
+
+
+def _serve(
+    path: str, options: ServerOptions, console: BinaryIO, notify: Callable[[str], None], timings: TcpTimings
+) -> int:
     jobfile = JobFile(path, warn=notify)
     try:
         check_file_locking(path, fd=jobfile.fd)
+        check_job_file(jobfile, notify)
         if _writable_by_others(jobfile.fd):
             notify(f"Warning: {path}: other users can write this file, and its lines run on clients")
         if options.token is not None:
@@ -1343,7 +1613,7 @@ def serve_job_file(
             token, origin = _make_token_file()
         listener = _listen(options.bind, options.port)
         try:
-            scheduler = Scheduler(jobfile, retry=options.retry)
+            scheduler = Scheduler(jobfile, retry=options.retry, notify=notify)
             try:
                 server = _Server(scheduler, listener, token, options, notify, timings)
                 console.write(f"Token for clients: {token} ({origin})\n".encode())
@@ -1388,16 +1658,18 @@ def run_tcp_client(
     host, port = _split_address(address, port)
     _check_open_file_limit(options.jobs, options.logdir is not None)
     records = _Records(options, None, notify)
+    notices = _Notices(notify)
     previous = _stop_signals_raise()
     try:
-        return _TcpClient(host, port, secret, options, records, console, notify, timings).run()
+        return _TcpClient(host, port, secret, options, records, console, notices, timings).run()
     except _Interrupted as exc:
-        notify(f"runmaker: {_signal_name(exc.signum)}: stopped while connecting")
+        notices(f"runmaker: {_signal_name(exc.signum)}: stopped while connecting")
         # SIGUSR1 is a planned stop: no job of this client was cut short by it.
         return 0 if exc.signum == signal.SIGUSR1 else _EXIT_SIGNALLED
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         records.close()
+        notices.drain()
 
 

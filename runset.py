@@ -14,7 +14,14 @@ import os
 import sys
 from typing import Literal
 
-import click
+try:
+    import click
+except ModuleNotFoundError as _missing:  # a checkout run by a Python that lacks click
+    if _missing.name != "click":
+        raise
+    sys.exit("Error: runset needs the Python package click: "
+             "apt install python3-click, or pip install click in a venv, "
+             "or run runmaker.pyz (README: Install)")
 
 import runmaker
 
@@ -100,6 +107,7 @@ def _check_combination(
               help="Append '#runmaker max-running N': at most N jobs at once (0 pauses, 'none' lifts it).")
 @click.option("--barrier", is_flag=True,
               help="Append '#runmaker barrier': jobs below start once all above are d or -.")
+@click.version_option(runmaker.__version__, "--version", prog_name="runset")
 def main(
     file: str, jobs: tuple[str, ...], all_jobs: bool, state: str | None, grep: str | None,
     list_jobs: bool, as_json: bool, summary: bool, set_state: str | None,
@@ -107,17 +115,32 @@ def main(
 ) -> None:
     """List, select and change the jobs of the job FILE while workers run.
 
-    JOB is a line number or a range A-B; selections combine with AND, and
-    with none at all every job is listed.  Exit status: 0 done, 1 a running
-    job refused --set, 2 usage or input error.
+    Safe beside workers on any host, where a text editor would replace the
+    file: states change under each job's lock, new lines are appended whole.
+
+    \b
+    FILE: one job per line, a state byte, a space, a shell command.
+    States: . pending  + urgent  r running  d done  ! failed  e error
+            - retired;  lines starting # or / are comments.
+    JOB: a line number (as an editor shows it) or a range A-B.
+    Selections (JOB..., --all, --state, --grep) combine with AND; with none
+    at all every job is listed, and --set refuses.
 
     \b
     Examples:
         runset runs.txt                          list every job
+        runset runs.txt 12 30-40                 list some
+        runset --summary runs.txt                count jobs per state
         runset --state '!e' --set . runs.txt     rerun failed jobs
         runset --all --set=. runs.txt            rerun everything
+        runset --grep 'seed=7' --set - runs.txt  retire some jobs
+        runset --add 'make report' runs.txt      append a job, print its line
         runset --add - runs.txt < more.txt       append jobs from a file
         runset --max-running 0 runs.txt          pause (none: go on)
+
+    \b
+    Exit status: 0 done; 1 --set left a running job unchanged (named on
+    stderr); 2 usage or input error (one Error: line, the file untouched).
     """
     selection = runmaker.JobSelection(jobs=jobs, all_jobs=all_jobs, states=state, grep=grep)
     appending = bool(add) or max_running is not None or barrier

@@ -13,7 +13,14 @@ import os
 import signal
 import sys
 
-import click
+try:
+    import click
+except ModuleNotFoundError as _missing:  # a checkout run by a Python that lacks click
+    if _missing.name != "click":
+        raise
+    sys.exit("Error: runwait needs the Python package click: "
+             "apt install python3-click, or pip install click in a venv, "
+             "or run runmaker.pyz (README: Install)")
 
 import runmaker
 
@@ -21,6 +28,8 @@ __all__ = ["main"]
 
 _EXIT_TIMEOUT = 124  # as timeout(1)
 _EXIT_INTERRUPTED = 130
+_CELLS = 16  # of the bar, as runmaker4's
+_DEFAULT_WIDTH = 80  # columns, when the terminal does not say
 
 
 def _clock(seconds: float) -> str:
@@ -29,18 +38,38 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def _status_line(counts: runmaker.JobCounts) -> str:
-    """The live bar of a terminal: cells, counts per state, elapsed time, ETA.
+def _status_line(counts: runmaker.JobCounts, width: int) -> str:
+    """The live bar of a terminal, as much of it as fits in ``width`` columns.
 
-    Failed, error, lost and unknown counts appear once there are any, so the
-    line fits 80 columns for all but huge files.
+    In full: cells, jobs processed, counts per state, elapsed time and ETA.
+    Narrower, parts go whole, never cut mid-word: the elapsed time, the done
+    and pending counts, the running count, half the cells, the failures, the
+    cells, the ETA.  Failed, error, lost and unknown counts appear once there
+    are any; a finished look shows the time it took instead of an ETA.
     """
-    parts = [f"{counts.done} done", f"{counts.running} running", f"{counts.pending} pending"]
-    parts += [f"{n} {name}" for n, name in ((counts.failed, "failed"), (counts.error, "error"),
-                                            (counts.lost, "lost"), (counts.unknown, "unknown")) if n]
-    eta = "--:--" if counts.eta is None else _clock(counts.eta)
-    return (f"[{runmaker.progress_cells(counts)}] {counts.processed}/{counts.total} | "
-            f"{', '.join(parts)} | {_clock(counts.elapsed)} elapsed, ETA {eta}")
+    troubles = [f"{n} {name}" for n, name in ((counts.failed, "failed"), (counts.error, "error"),
+                                              (counts.lost, "lost"), (counts.unknown, "unknown")) if n]
+    if counts.finished:
+        every = [f"{counts.done} done", *troubles]
+        long_time = short_time = f"{_clock(counts.elapsed)} elapsed"
+    else:
+        every = [f"{counts.done} done", f"{counts.running} running", f"{counts.pending} pending", *troubles]
+        short_time = "ETA " + ("--:--" if counts.eta is None else _clock(counts.eta))
+        long_time = f"{_clock(counts.elapsed)} elapsed, {short_time}"
+    busy = [f"{counts.running} running", *troubles] if counts.running else troubles
+    fraction = f"{counts.processed}/{counts.total}"
+    full_bar = f"[{runmaker.progress_cells(counts)}] {fraction}"
+    half_bar = f"[{runmaker.progress_cells(counts, _CELLS // 2)}] {fraction}"
+    for head, parts, time_taken in (
+        (full_bar, every, long_time), (full_bar, every, short_time),
+        (full_bar, busy, long_time), (full_bar, busy, short_time),
+        (full_bar, troubles, short_time), (half_bar, troubles, short_time),
+        (half_bar, [], short_time), (fraction, [], short_time), (fraction, [], ""),
+    ):
+        line = " | ".join(part for part in (head, ", ".join(parts), time_taken) if part)
+        if len(line) <= width:
+            return line
+    return ""
 
 
 class _Progress:
@@ -54,12 +83,14 @@ class _Progress:
 
     def __call__(self, counts: runmaker.JobCounts) -> None:
         if self.live:
+            # The size is read again for every redraw, so the bar follows a
+            # resized window.  One column stays free: a line that fills the
+            # last column wraps on some terminals and \r could not redraw it.
             try:
-                width = os.get_terminal_size(sys.stderr.fileno()).columns or 80
+                width = os.get_terminal_size(sys.stderr.fileno()).columns or _DEFAULT_WIDTH
             except OSError:
-                width = 80
-            # Cut to the width: a wrapped line could not be redrawn with \r.
-            click.echo("\r" + _status_line(counts)[: width - 1] + "\x1b[K", err=True, nl=False)
+                width = _DEFAULT_WIDTH
+            click.echo("\r" + _status_line(counts, width - 1) + "\x1b[K", err=True, nl=False)
             self.drawn = True
         elif (line := runmaker.progress_line(counts)) != self.last:
             click.echo(line, err=True)
@@ -83,16 +114,31 @@ def _interrupted(signum: int, frame: object) -> None:
               help="Give up after SECONDS: exit 124.")
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               metavar="SECONDS", help="Seconds between looks at FILE.")
+@click.version_option(runmaker.__version__, "--version", prog_name="runwait")
 def main(file: str, progress: bool, use_exit_status: bool, timeout: float | None, interval: float) -> None:
     """Wait until no job of FILE is pending or running; name the failed and lost ones.
 
+    Watches FILE without holding up its workers, on this host or others.
+
+    \b
+    FILE: one job per line, a state byte, a space, a shell command.
+    States: . pending  + urgent  r running  d done  ! failed  e error
+            - retired (left out of the counts).
+    An r job whose worker died is lost: it counts as an error, and is not
+    waited for.  At the end the failed, error and lost jobs are named by
+    line on stdout, as ranges runset takes.
+
+    \b
+    Examples:
+        runwait runs.txt                          wait, then name failures
+        runwait -p runs.txt                       with progress on stderr
+        runwait -e --progress runs.txt && mail -s 'runs done' me < /dev/null
+        runwait --timeout 3600 runs.txt || echo 'not done within an hour'
+
+    \b
     Exit status: 0 finished; 1 with -e when a job is not d or -; 124 after
     --timeout; 2 usage or input error; 130 interrupted (SIGINT, SIGTERM,
     SIGHUP).
-
-    \b
-    Example:
-        runwait -e --progress runs.txt && mail -s 'runs done' me < /dev/null
     """
     show = _Progress() if progress else None
     for signum in (signal.SIGTERM, signal.SIGHUP):

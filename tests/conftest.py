@@ -24,6 +24,12 @@ def command(name: str) -> list[str]:
     return [PYTHON, str(ROOT / f"{name}.py")]
 
 
+def shebang_env() -> dict[str, str]:
+    """The environment to run a checkout's script by its ``#!/usr/bin/env python3``
+    line: this test's Python first on PATH (the machine's own python3 may lack click)."""
+    return dict(os.environ, PATH=f"{os.path.dirname(PYTHON)}:{os.environ.get('PATH', '')}")
+
+
 def stress_scale() -> int:
     """1 in CI's short form; RUNMAKER_STRESS=long makes stress loops 10x longer."""
     return 10 if os.environ.get("RUNMAKER_STRESS") == "long" else 1

@@ -600,7 +600,7 @@ def test_a_rerun_after_a_killed_worker_never_overlaps(tmp_path: Path, procs: Pro
 # 4. No write to the console, stderr or a record stops the worker
 # --------------------------------------------------------------------------
 
-CONSOLE_NOTICE = r"runmaker: cannot write to stdout \(No space left on device\); its output is dropped, the jobs go on"
+CONSOLE_NOTICE = r"runmaker: cannot write to the console, its output is lost: No space left on device; the jobs go on"
 
 
 def test_stdout_on_dev_full_the_jobs_go_on(tmp_path: Path) -> None:

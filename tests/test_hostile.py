@@ -82,9 +82,11 @@ ROWS = [
     Row("runmaker-directory", "runmaker", ["jobs.d"], 2, r"Error: jobs\.d: is a directory, not a job file",
         files={}, dirs=("jobs.d",)),
     Row("runmaker-fifo", "runmaker", ["fifo"], 2, r"Error: fifo: not a regular file", files={}, fifos=("fifo",)),
-    Row("runmaker-empty-file", "runmaker", ["runs.txt"], 0, files={"runs.txt": b""}, stderr=r"(?!)"),
+    Row("runmaker-empty-file", "runmaker", ["runs.txt"], 0, files={"runs.txt": b""},
+        stderr=r"runmaker: nothing to run in runs\.txt \(no jobs\)"),
     Row("runmaker-binary-file", "runmaker", ["runs.txt"], 0, files={"runs.txt": BINARY},
-        stderr=r"Warning: runs\.txt(:\d+: .*; ignored|: more lines are ignored; not naming them all)"),
+        stderr=r"Warning: runs\.txt(:\d+: .*; ignored|: more lines are ignored; not naming them all)"
+               r"|runmaker: nothing to run in runs\.txt \(no jobs\)"),
     Row("runmaker-malformed-lines", "runmaker", ["-q", "runs.txt"], 0, files={"runs.txt": MALFORMED},
         after=MALFORMED.replace(b". echo fine", b"d echo fine"), stdout=None, stdout_re=rb"stdout \(\S+\): fine\n",
         stderr=r"Warning: runs\.txt:[123567]: .*; ignored"),
@@ -345,8 +347,9 @@ def test_binary_file_warnings_are_bounded(tmp_path: Path) -> None:
     result = run("runmaker", "runs.txt", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout == b""
     lines = result.stderr.decode().splitlines()
-    assert lines[-1] == "Warning: runs.txt: more lines are ignored; not naming them all"
-    assert len(lines) == 21
+    assert lines[-2] == "Warning: runs.txt: more lines are ignored; not naming them all"
+    assert lines[-1] == "runmaker: nothing to run in runs.txt (no jobs)"  # binary data: not read as commands
+    assert len(lines) == 22
     assert (tmp_path / "runs.txt").read_bytes() == BINARY * 4
 
 
@@ -429,7 +432,8 @@ def test_runset_refuses_a_live_running_job(tmp_path: Path, procs: Procs) -> None
     assert states(path) == "r--"
     worker.communicate(timeout=20)
     assert worker.returncode == 0
-    assert path.read_bytes() == b"d " + GATED + b"\n- echo two\n- echo three\n"
+    # runset named the jobs it changed in place in an appended notice (issue 13).
+    assert path.read_bytes() == b"d " + GATED + b"\n- echo two\n- echo three\n#runmaker set 2-3\n"
 
 
 def test_runwait_file_replaced_while_it_waits(tmp_path: Path, procs: Procs) -> None:

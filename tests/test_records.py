@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import alive, read_int, run, states, wait_for, write_jobs
-from runmaker import short_hostname
+from runmaker import host_name
 
 PY = sys.executable
 
-HOST = short_hostname()
+HOST = host_name()
 _TAG = re.compile(r"\(" + re.escape(HOST) + r",(\d+)\)")
 
 JOBLOG_HEADER = ["Seq", "Host", "Starttime", "JobRuntime", "Send", "Receive", "Exitval", "Signal", "Command"]

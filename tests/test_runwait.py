@@ -5,14 +5,18 @@ counting behind them."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import re
 import select
+import struct
 import subprocess
+import termios
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run, states, wait_for, write_jobs
+from conftest import ROOT, run, shebang_env, states, wait_for, write_jobs
 from runmaker import JobCounts, JobFile, progress_cells, progress_line
 
 
@@ -233,7 +237,80 @@ def test_live_bar_on_a_terminal_redraws_one_line_with_counts_and_eta(tmp_path, p
     done_one = next(f for f in frames if "1/3" in f)
     assert done_one.startswith("[=====           ] 1/3 | 1 done, 0 running, 2 pending | 0:0")
     assert "ETA --" not in done_one  # a job finished while watched: the rate gives an ETA
-    assert frames[-1].startswith("[==========!!!!!!] 3/3 | 2 done, 0 running, 0 pending, 1 failed | ")
+    # The last frame says what happened and how long it took, not an ETA.
+    assert re.fullmatch(r"\[==========!!!!!!\] 3/3 \| 2 done, 1 failed \| 0:\d\d elapsed\x1b\[K", frames[-1])
+
+
+def _resize(fd: int, columns: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+
+
+# What the bar of 10 done, 1 failed and 5 pending jobs is at each width, and
+# once the pending ones are done.
+# (While runset sets them, a look may see some done, and an ETA.)
+_AT_40 = r"\[[=! ]{8}\] 1\d/16 \| 1 failed \| ETA (--:--|0:\d\d)"
+_AT_80 = r"\[[=! ]{16}\] 1\d/16 \| 1\d done, 0 running, \d pending, 1 failed \| ETA (--:--|0:\d\d)"
+_FINAL_AT_40 = r"\[=======!\] 16/16 \| 0:\d\d elapsed"
+_FINAL_AT_80 = r"\[===============!\] 16/16 \| 15 done, 1 failed \| 0:\d\d elapsed"
+
+
+@pytest.mark.timeout(30)
+def test_live_bar_fits_40_and_80_columns_follows_a_resize_and_ends_on_one_clean_line(tmp_path, procs):
+    (tmp_path / "runs.txt").write_text("d done\n" * 10 + "! failed\n" + ". pending\n" * 5)
+    term = Terminal()
+    try:
+        _resize(term.master, 40)
+        waiter = procs.start("runwait", "--progress", "--interval", "0.05", "runs.txt",
+                             cwd=tmp_path, stderr=term.slave)
+        os.close(term.slave)
+        wait_for(lambda: b"11/16" in term.read(), what="the first bar")
+        _resize(term.master, 80)
+        wait_for(lambda: b"10 done" in term.read(), what="the bar at 80 columns")
+        _resize(term.master, 40)
+        mark = len(term.read())
+        wait_for(lambda: b"11/16 | 1 failed" in term.read()[mark:], what="the bar at 40 columns again")
+        set_state(tmp_path, "d", "12-16")
+        assert waiter.wait(timeout=20) == 0
+        seen = term.read().decode()
+    finally:
+        term.close()
+    assert seen.endswith("\x1b[K\r\n")  # one final newline (the pty makes it \r\n)
+    assert "\n" not in seen[:-2]  # every frame drawn over the last one, on one line
+    frames = [frame.removesuffix("\x1b[K") for frame in seen[:-2].split("\r")[1:]]
+    assert frames[0] == "[=====   ] 11/16 | 1 failed | ETA --:--"
+    assert "[==========!     ] 11/16 | 10 done, 0 running, 5 pending, 1 failed | ETA --:--" in frames
+    kinds = []
+    for frame in frames:  # each frame whole: one of the forms, never a cut one
+        kind = next(k for k, form in (("40", _AT_40), ("80", _AT_80), ("end40", _FINAL_AT_40),
+                                      ("end80", _FINAL_AT_80)) if re.fullmatch(form, frame))
+        assert len(frame) <= (39 if "40" in kind else 79)
+        if not kinds or kinds[-1] != kind:
+            kinds.append(kind)
+    assert kinds[:3] == ["40", "80", "40"]
+    assert kinds[-1] == "end40"  # the clean final line, at the width of the moment
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_the_bar_drops_whole_parts_to_fit_any_width(finished):
+    import runwait
+
+    counts = JobCounts(done=1234, running=0 if finished else 56, pending=0 if finished else 789,
+                       failed=3, error=2, lost=1, elapsed=3725.0, eta=None if finished else 61.0)
+    full = runwait._status_line(counts, 1000)
+    words = set(re.split(r"[ ,|]+", full))
+    assert full == (
+        "[===============!] 1240/1240 | 1234 done, 3 failed, 2 error, 1 lost | 1:02:05 elapsed"
+        if finished else
+        "[=========       ] 1240/2085 | 1234 done, 56 running, 789 pending, 3 failed, 2 error, 1 lost | "
+        "1:02:05 elapsed, ETA 1:01"
+    )
+    words |= set(re.split(r"[ ,|]+", f"[{progress_cells(counts, 8)}]"))  # the half bar
+    for width in range(len(full) + 1):
+        line = runwait._status_line(counts, width)
+        assert len(line) <= width
+        assert set(re.split(r"[ ,|]+", line)) <= words | {""}, line  # whole words only
+        if width >= 27:
+            assert ("1:02:05 elapsed" if finished else "ETA 1:01") in line  # the time goes last
 
 
 # --------------------------------------------------------------------------
@@ -287,7 +364,8 @@ def test_whole_reads_index_appended_lines_once(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_runs_from_a_checkout_with_help_and_example(tmp_path):
-    result = subprocess.run([str(ROOT / "runwait.py"), "--help"], capture_output=True, timeout=30)
+    result = subprocess.run([str(ROOT / "runwait.py"), "--help"], capture_output=True, timeout=30,
+                            env=shebang_env())
     assert result.returncode == 0
     text = result.stdout.decode()
     assert "runwait -e --progress runs.txt && mail" in text

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import alive, read_int, run, states, wait_exit, wait_for, write_jobs
-from runmaker import JobFile, _is_locked_elsewhere, __version__, short_hostname
+from runmaker import JobFile, _is_locked_elsewhere, __version__, host_name
 
-HOST = re.escape(short_hostname())
+HOST = re.escape(host_name())
 PY = sys.executable
 
 
@@ -161,15 +161,22 @@ def test_lines_of_concurrent_jobs_are_never_cut(tmp_path):
 
 
 def blocked_writing_stdout(pid: int) -> bool:
-    """True while ``pid`` sleeps in a write to its fd 1 (its full console pipe)."""
+    """True while a thread of ``pid`` sleeps in a write to its fd 1 (its full console pipe)."""
     try:
-        with open(f"/proc/{pid}/syscall") as f:
-            args = f.read().split()
-        with open(f"/proc/{pid}/wchan") as f:
-            wchan = f.read()
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
-    return "pipe_write" in wchan or (len(args) > 1 and args[1] == "0x1" and "poll" not in wchan)
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/syscall") as f:
+                args = f.read().split()
+            with open(f"/proc/{pid}/task/{task}/wchan") as f:
+                wchan = f.read()
+        except OSError:
+            continue
+        if "pipe_write" in wchan or (len(args) > 1 and args[1] == "0x1" and "poll" not in wchan):
+            return True
+    return False
 
 
 @pytest.mark.timeout(30)
@@ -239,10 +246,15 @@ def test_exit_codes_all_done_some_failed_nothing_to_do(tmp_path):
     assert result.returncode == 1
     assert states(tmp_path / "bad.txt") == "d!d"
 
-    for content in ("", "# nothing\n\n", "d true\n! false\ne false\n- true\n"):
+    for content, said in (
+        ("", "no jobs"),
+        ("# nothing\n\n", "no jobs"),
+        ("d true\n! false\ne false\n- true\n", "1 done, 1 failed, 1 error, 1 retired; -r reruns them"),
+    ):
         (tmp_path / "idle.txt").write_text(content)
         result = run("runmaker", "idle.txt", cwd=tmp_path)
-        assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+        assert (result.returncode, result.stdout) == (0, b"")
+        assert result.stderr.decode() == f"runmaker: nothing to run in idle.txt ({said})\n"  # one line, says why
         assert (tmp_path / "idle.txt").read_text() == content
 
 
@@ -280,7 +292,7 @@ def test_job_environment_process_group_and_stdin(tmp_path):
     for pid, (env_line, proc_line) in env_lines.items():
         file, line, slot, host = env_line.split("|")
         assert file == str(tmp_path / "runs.txt")
-        assert host == short_hostname()
+        assert host == host_name()
         lines.add(line)
         slots.add(slot)
         pgid, sid, stdin, empty = proc_line.split()
@@ -641,7 +653,7 @@ def test_jobs_get_default_sigpipe_so_pipelines_end(tmp_path):
     assert states(path) == "dd"
     # The tag names each job's shell ($$), so the lines expected are known
     # before looking at the output.
-    host, pid1, pid2 = short_hostname(), read_int(tmp_path / "pid1"), read_int(tmp_path / "pid2")
+    host, pid1, pid2 = host_name(), read_int(tmp_path / "pid1"), read_int(tmp_path / "pid2")
     assert sorted(lines_of(result.stdout)) == sorted([
         f"stdout ({host},{pid1}): x",
         f"stdout ({host},{pid2}): y",

@@ -1,0 +1,95 @@
+"""A file in use by runmaker4 is refused (README: Coming from runmaker4).
+
+runmaker4 is no dependency: the tests build what it leaves in a file by
+hand (a ``?`` claim byte, ``r`` jobs without a job lock) and hold its
+whole-file read lock from a helper process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import Procs, run
+
+_HOLD_WHOLE_FILE_LOCK = """
+import fcntl, sys, time
+f = open(sys.argv[1], "rb")
+fcntl.lockf(f, fcntl.LOCK_SH, 0, 0)  # as runmaker4's read_jobs: every byte, to the end and beyond
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+_WHY = ("runmaker4's running jobs hold no lock, so runmaker would take them for lost and run them "
+        "a second time; stop runmaker4 first (never run both on one file)")
+
+
+def _refused(tmp_path, jobs: bytes, *args: str) -> str:
+    path = tmp_path / "runs.txt"
+    path.write_bytes(jobs)
+    result = run("runmaker", "-l", "runs.log", "--joblog", "runs.tsv", *args, "runs.txt", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == b""
+    assert path.read_bytes() == jobs  # untouched: nothing claimed, nothing marked 'e'
+    assert not (tmp_path / "runs.log").exists() and not (tmp_path / "runs.tsv").exists()
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("args", [[], ["-r"]])
+def test_a_question_mark_claim_byte_is_refused(tmp_path, args):
+    message = _refused(tmp_path, b"# runmaker4's file\nd echo a\n? echo b\n. echo c\n", *args)
+    assert message == (
+        f"Error: runs.txt:3: '?' is runmaker4's claim in progress, so runmaker4 uses this file; {_WHY}"
+    )
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("args", [[], ["-r"]])
+def test_unlocked_running_jobs_under_a_whole_file_lock_are_refused(tmp_path, args):
+    jobs = b"d echo a\nr echo b\n. echo c\nr echo d\n"
+    (tmp_path / "runs.txt").write_bytes(jobs)
+    procs = Procs()
+    try:
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD_WHOLE_FILE_LOCK, str(tmp_path / "runs.txt")],
+                                  stdout=subprocess.PIPE)
+        procs.procs.append(holder)
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        message = _refused(tmp_path, jobs, *args)
+    finally:
+        procs.reap()
+    assert message == (
+        "Error: runs.txt: jobs at line 2 4 are 'r' with no job lock while another process locks the whole "
+        f"file, as runmaker4 does, so runmaker4 uses this file; {_WHY}"
+    )
+
+
+@pytest.mark.timeout(30)
+def test_a_whole_file_lock_alone_is_not_runmaker4(tmp_path):
+    # No 'r' without a lock: nothing runmaker4 could be running; the
+    # pending jobs run once the other process lets go of the file.
+    (tmp_path / "runs.txt").write_bytes(b". echo a\n")
+    procs = Procs()
+    try:
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD_WHOLE_FILE_LOCK, str(tmp_path / "runs.txt")],
+                                  stdout=subprocess.PIPE)
+        procs.procs.append(holder)
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        worker = procs.start("runmaker", "runs.txt", cwd=tmp_path)
+        holder.kill()
+        out, err = worker.communicate(timeout=20)
+    finally:
+        procs.reap()
+    assert worker.returncode == 0, err
+    assert (tmp_path / "runs.txt").read_bytes() == b"d echo a\n"
+
+
+@pytest.mark.timeout(30)
+def test_lost_jobs_without_a_whole_file_lock_are_marked_e_as_before(tmp_path):
+    (tmp_path / "runs.txt").write_bytes(b"r echo lost\n. echo a\n")
+    result = run("runmaker", "runs.txt", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "runs.txt").read_bytes() == b"e echo lost\nd echo a\n"
