@@ -33,6 +33,7 @@ import operator
 import os
 import random
 import re
+import resource
 import select
 import signal
 import socket
@@ -66,6 +67,7 @@ __all__ = [
     "JobSource",
     "JobWatcher",
     "KillReport",
+    "MAX_CAP",
     "OneLineErrorCommand",
     "RunmakerError",
     "RunmakerFailure",
@@ -85,10 +87,12 @@ __all__ = [
     "kill_jobs",
     "list_jobs",
     "main",
+    "parse_cap",
     "progress_cells",
     "progress_line",
     "run_worker",
     "set_job_states",
+    "shorten_number",
     "stop_signals_waking",
     "usable_cpus",
     "wait_for_jobs",
@@ -99,6 +103,8 @@ __all__ = [
 # never collide with a state byte.
 SLOT_BASE = 2**40
 APPEND_BYTE = 2**40 - 1
+# The largest max-running: slot locks stay far below any file offset limit.
+MAX_CAP = 2**31 - 1
 
 STATE_NAMES = {
     ".": "pending",
@@ -143,6 +149,8 @@ _PEEK_BYTES = 16 << 10  # at most this much of the file read at each queue head
 _LOST_PROBE_GAP = 5.0  # seconds between probes for lost jobs, but at a whole rescan
 _SPREAD = 32  # after losing a job to another worker, try one of the next this many
 _KILL_GRACE = 5.0  # seconds from SIGTERM to SIGKILL
+_LONGEST_SLEEP = 3600.0  # the event loop wakes at least this often
+_SPARE_FILES = 16  # descriptors a worker needs besides its jobs' (job file, logs, pipes)
 # Set in the jobs of Slurm, PBS/Torque and LSF: their time limit ends in SIGKILL.
 _BATCH_JOB_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")
 _EXIT_SIGNALLED = 130
@@ -185,12 +193,13 @@ def _failing_as_runtime_error(path: str) -> Iterator[None]:
 
 
 def job_file_failed(path: str, exc: OSError) -> RunmakerFailure:
-    """The error a worker or TCP server ends with when its job file raised ``exc``.
+    """The one error a worker or TCP server ends with when its job file raised ``exc``.
 
-    The caller has killed its running jobs and writes nothing more to the
-    file.  EIO from an NFS job file means the server dropped this host's
-    locks (its lease ran out while the host was cut off): other hosts may
-    already see its jobs lost.
+    EIO, EROFS, ENOSPC: the caller has stopped its running jobs and writes
+    nothing more into the file; the user sees this one line and exit status
+    1.  EIO from an NFS job file means the server dropped this host's locks
+    (its lease ran out while the host was cut off): other hosts may already
+    see its jobs lost.
     """
     if exc.errno == errno.EIO:
         return RunmakerFailure(
@@ -198,7 +207,10 @@ def job_file_failed(path: str, exc: OSError) -> RunmakerFailure:
             "drops them when this host was silent past its lease); running jobs killed, "
             "nothing more written"
         )
-    return RunmakerFailure(f"{path}: {exc.strerror or exc}; running jobs killed")
+    why = exc.strerror or str(exc)
+    return RunmakerFailure(
+        f"{path}: the file system failed under this worker ({why}); its running jobs were stopped"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -294,8 +306,16 @@ class _ReadingLock:
         _unlock_byte(self.fd, APPEND_BYTE)
 
 
-def append_to_shared_file(fd: int, record: bytes, *, header: bytes = b"") -> int:
-    """Append ``record`` whole at the end of a shared file; return the offset it starts at.
+def append_to_shared_file(
+    fd: int,
+    record: bytes,
+    *,
+    header: bytes = b"",
+    real: Sequence[bytes] = (),
+    patience: float | None = None,
+    waiting: Callable[[], None] | None = None,
+) -> int:
+    """Append ``record`` whole at the end of a shared file, or not at all; return its offset.
 
     The append recipe of SPEC section 3: an exclusive lock on the append byte
     of that very file, the size from fstat under it, a missing final newline
@@ -303,22 +323,70 @@ def append_to_shared_file(fd: int, record: bytes, *, header: bytes = b"") -> int
     used: on NFS it is emulated by the client with a stale size and two
     hosts' appends overwrite each other.  ``header`` is written first when
     the file is empty (the job log's column names).
+
+    Whole or absent: a write that fails part-way (disk full, file size limit)
+    is cut off again before the lock goes, so no reader (they read only under
+    the same lock) ever sees it.  An appender killed mid-write cannot cut, so
+    a job file's record is written with placeholders first: ``record`` holds
+    each line with a first byte nothing runs or obeys (``~``, ``/``), and
+    ``real`` the same record in pieces with the real first bytes.  Each piece
+    is written over its placeholders, and made durable, only once the whole
+    record is: whatever a SIGKILL or a crash leaves, every line that can run
+    is whole (the bytes differ only in first bytes), and the directives of
+    the first piece take effect before the jobs of the next.
+
+    Waits for the lock at most ``patience`` seconds (None: as long as it
+    takes), calling ``waiting`` once if it has to wait at all.  Raises
+    OSError (the file is as it was), or TimeoutError if the lock stayed held.
     """
-    _lock_byte(fd, APPEND_BYTE, exclusive=True, wait=True)
+    if not _lock_byte(fd, APPEND_BYTE, exclusive=True, wait=False):
+        if waiting is not None:
+            waiting()
+        if patience is None:
+            _lock_byte(fd, APPEND_BYTE, exclusive=True, wait=True)
+        else:
+            _lock_byte_within(fd, APPEND_BYTE, patience)
     try:
         size = os.fstat(fd).st_size
-        start = size
-        if size == 0:
-            record = header + record
-            start = len(header)
-        elif os.pread(fd, 1, size - 1) != b"\n":
-            record = b"\n" + record  # mend a last line left without newline
-            start = size + 1
-        _pwrite_all(fd, record, size)
-        os.fsync(fd)  # before unlock: another host reads only after locking
+        prefix = header if size == 0 else b""
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            prefix = b"\n"  # mend a last line left without newline
+        start = size + len(prefix)
+        try:
+            _pwrite_all(fd, prefix + record, size)
+            os.fsync(fd)  # before unlock: another host reads only after locking
+            offset = start
+            for piece in real:
+                _pwrite_all(fd, piece, offset)
+                os.fsync(fd)
+                offset += len(piece)
+        except OSError:
+            # Our own partial record, which nobody can have read: cut it off.
+            try:
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            except OSError:
+                pass
+            raise
     finally:
         _unlock_byte(fd, APPEND_BYTE)
     return start
+
+
+def _lock_byte_within(fd: int, offset: int, patience: float) -> None:
+    """Take an exclusive lock, trying for at most ``patience`` seconds.
+
+    A blocking lock request cannot be given a deadline; a user who may only
+    read a file can still hold a shared lock on it for as long as they like.
+    Raises TimeoutError.
+    """
+    deadline = time.monotonic() + patience
+    pause = 0.01
+    while not _lock_byte(fd, offset, exclusive=True, wait=False):
+        if time.monotonic() >= deadline:
+            raise TimeoutError
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 # --------------------------------------------------------------------------
@@ -433,6 +501,20 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def parse_cap(digits: bytes) -> int | None:
+    """ASCII digits (any number of them) as a cap; None when above MAX_CAP."""
+    significant = digits.lstrip(b"0") or b"0"
+    if len(significant) > len(str(MAX_CAP)):
+        return None  # int() refuses more than 4,300 digits: never try it
+    value = int(significant)
+    return value if value <= MAX_CAP else None
+
+
+def shorten_number(text: str) -> str:
+    """A number as an error message shows it: a huge one by its first digits."""
+    return text if len(text) <= 20 else f"{text[:10]}... ({len(text)} digits)"
 
 
 def host_name() -> str:
@@ -668,6 +750,16 @@ class JobFile:
         # claimed before it was appended, which saw the file shorter.
         self.kill_offsets: list[int] = []
         self._in_tail = False
+        # SPEC: a last line without newline is a job as usual only as the
+        # first read found it.  One that appeared or grew later may be a
+        # writer's first half (or a killed writer's piece): it waits for its
+        # newline.  (offset, length) of the one the first read found.
+        self._first_tail: tuple[int, int] | None = None
+        self._read_before = False
+        self._settled = True  # False while indexing a last line a writer may still be writing
+        # A job whose line appeared or grew since the first read and has no
+        # newline yet: indexed (its index must stay put) but not to be claimed.
+        self.unfinished: int | None = None
         self._warn = warn
         self._warned: set[int] = set()
         # Line ranges of ``#runmaker set`` notices not yet taken (take_set_notices).
@@ -712,15 +804,16 @@ class JobFile:
             size = os.fstat(self.fd).st_size
             start = 0 if whole else resume
             data = _pread_all(self.fd, max(size - start, 0), start) if size > start else b""
+        first_new = len(self.offsets)
         if size < self.size:
             self.shrunk = True
-            return data, start, len(self.offsets)
-        if size > self.size or self._tail:
+        elif size > self.size or self._tail:
             # Index only what is new, even when the whole file was read:
             # lines already indexed must not be indexed a second time.
             new = data if start == resume else data[resume - start :]
-            return data, start, self._index_from(new, resume)
-        return data, start, len(self.offsets)
+            first_new = self._index_from(new, resume)
+        self._read_before = True
+        return data, start, first_new
 
     def read_new_states(self) -> tuple[int, bytes]:
         """Index lines appended since the last read, a piece at a time.
@@ -808,6 +901,16 @@ class JobFile:
         i = bisect.bisect_left(self.lines, line)
         return i if i < len(self.lines) and self.lines[i] == line else None
 
+    def intact(self) -> bool:
+        """False once the file is known to have shrunk: nothing may be written then.
+
+        Looks at its size again (fstat): a truncation is seen even between
+        two reads.
+        """
+        if not self.shrunk and os.fstat(self.fd).st_size < self.size:
+            self.shrunk = True
+        return not self.shrunk
+
     def replaced(self) -> bool:
         """True when the path now names another file than the one held open.
 
@@ -852,19 +955,30 @@ class JobFile:
             pos = self._index_lines(data[start:cut], pos)
             start = cut
         last = data[end:]
+        self.unfinished = None
         if last:
-            # Indexed like any line, and undone to be indexed again if it grows.
+            if not self._read_before:
+                self._first_tail = (pos, len(last))
+            # Indexed like any line, and undone to be indexed again if it
+            # grows.  Unless the first read found it as it is, a writer may
+            # still be at it: its job is not claimed and its directive not
+            # obeyed until the newline arrives (a piece of a kill directive
+            # must not kill anything either).
+            settled = self._first_tail == (pos, len(last))
             self._tail = (pos, len(self.offsets), len(self.barriers), self.line_count, self.max_running,
                           self._outline_mark())
-            # A line still being written: a job as usual, but a piece of a
-            # kill directive must not kill anything.
+            jobs = len(self.offsets)
             self._in_tail = True
+            self._settled = settled
             self._last_link = None
             try:
                 self._index_lines(last + b"\n", pos)
             finally:
                 self._in_tail = False
+                self._settled = True
             self._tail_link = self._last_link
+            if not settled and len(self.offsets) > jobs:
+                self.unfinished = jobs
         self.size = pos + len(last)
         return first_new
 
@@ -897,7 +1011,7 @@ class JobFile:
         return pos
 
     def _index_other(self, raw: bytes, line: int, pos: int) -> None:
-        if not raw or raw.isspace():
+        if not raw or raw.isspace() or not self._settled:
             return
         if raw[0] in b"#/":
             if raw.startswith(b"#runmaker") and (len(raw) == 9 or raw[9] in b" \t\r"):
@@ -993,9 +1107,13 @@ class JobFile:
         elif words[:1] == [b"max-running"] and len(words) == 2:
             if words[1] == b"none":
                 self.max_running = None
-            elif words[1].isdigit():
-                self.max_running = int(words[1])
-                self.max_running_peak = max(self.max_running_peak, self.max_running)
+            elif words[1].isdigit():  # bytes: ASCII digits only
+                cap = parse_cap(words[1])
+                if cap is None:
+                    self._warn_line(line, f"max-running above {MAX_CAP}")
+                    return
+                self.max_running = cap
+                self.max_running_peak = max(self.max_running_peak, cap)
             else:
                 self._warn_line(line, "max-running takes a whole number or 'none'")
         elif words[:1] == [b"set"]:
@@ -1369,9 +1487,9 @@ class Scheduler:
     def finish_job(self, claim: Claim, state: str) -> None:
         """Write a held job's final state byte; ``commit`` then releases it."""
         offset = self.jobfile.offsets[claim.index]
-        # A file truncated under us (SPEC: it never is) has no state byte
-        # here any more; a write past its end would grow it with NULs.
-        if os.pread(self.jobfile.fd, 1, offset):
+        # A file truncated under us (SPEC: it never is) may since hold other
+        # text at this offset: once we know it shrank, we write nothing.
+        if self.jobfile.intact():
             _write_job_state(self.jobfile.fd, offset, state.encode())
         self._dirty = True
         self._acted_since_rescan = True
@@ -1662,6 +1780,8 @@ class Scheduler:
 
     def _claim(self, index: int) -> Claim | None | Literal[False]:
         """Claim one job; None if it is not to be had, False if no slot is free."""
+        if index == self.jobfile.unfinished:
+            return None  # its line is still being written: taken up again with its newline
         slot = None
         if self.jobfile.max_running is not None:
             slot = self._take_slot()
@@ -1840,22 +1960,138 @@ class Scheduler:
 # --------------------------------------------------------------------------
 
 
-def _open_record_file(path: str, what: str, job_identity: tuple[int, int] | None) -> int:
+# Records are opened safely (SPEC section 4): never through a symbolic link
+# (O_NOFOLLOW), never a FIFO or device (O_NONBLOCK, so the open itself cannot
+# hang, then fstat of the descriptor), never a file another user owns, never
+# the job file.  Every check is made on a descriptor, not a name another user
+# could swap between the check and the open, and a file is truncated only
+# after the checks, through the descriptor.  A file that may be the job file
+# is first opened with O_PATH: closing such a descriptor drops no POSIX lock,
+# while closing any other descriptor of the job file drops every job lock
+# this process holds.
+_RECORD_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+_O_PATH = getattr(os, "O_PATH", 0)
+_RECORD_PATIENCE = 2.0  # seconds a worker waits for a record's append lock
+
+
+def _stranger(st: os.stat_result, job_identity: tuple[int, int] | None) -> str | None:
+    """Why a record file must not be written, or None if it may be."""
+    if stat.S_ISLNK(st.st_mode):
+        return "was a symbolic link"
+    if stat.S_ISFIFO(st.st_mode):
+        return "was a FIFO"
+    if not stat.S_ISREG(st.st_mode):
+        return "was not a regular file"
+    if (st.st_dev, st.st_ino) == job_identity:
+        return "is the job file itself"
+    if st.st_uid != os.geteuid():
+        return f"belonged to another user (uid {st.st_uid})"
+    return None
+
+
+def _check_record_path(path: str, what: str, job_identity: tuple[int, int] | None) -> None:
+    """Refuse an unusable log or job log path before anything is created."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        st = os.lstat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(path) or "."
+        if not os.path.isdir(parent):
+            raise RunmakerError(f"{path}: cannot open the {what}: No such file or directory") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunmakerError(f"{path}: cannot open the {what}: Permission denied") from None
+        return
+    except OSError as exc:
+        raise RunmakerError(f"{path}: cannot open the {what}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise RunmakerError(f"{path}: is a symbolic link; runmaker does not follow one to write the {what}")
+    if stat.S_ISDIR(st.st_mode):
+        raise RunmakerError(f"{path}: is a directory, not a {what}")
+    _refuse_record(path, what, st, job_identity)
+
+
+def _refuse_record(path: str, what: str, st: os.stat_result, job_identity: tuple[int, int] | None) -> None:
+    why = _stranger(st, job_identity)
+    if why is None:
+        return
+    if why.startswith("belonged"):
+        raise RunmakerError(f"{path}: belongs to another user (uid {st.st_uid}), cannot be the {what}")
+    if why.startswith("is the job file"):
+        raise RunmakerError(f"{path}: is the job file itself, cannot be the {what}")
+    raise RunmakerError(f"{path}: not a regular file, cannot be the {what}")
+
+
+def _open_record_file(path: str, what: str, job_identity: tuple[int, int] | None) -> int:
+    """Open (or create) a log or job log after _check_record_path said it may be."""
+    try:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _RECORD_FLAGS, 0o666)
+        except FileExistsError:
+            reopened = _reopen_checked(path, os.O_RDWR, job_identity)
+            if reopened is None:
+                _refuse_record(path, what, os.lstat(path), job_identity)
+                raise RunmakerError(f"{path}: changed while it was opened, cannot be the {what}") from None
+            fd = reopened
     except IsADirectoryError:
         raise RunmakerError(f"{path}: is a directory, not a {what}") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunmakerError(
+                f"{path}: is a symbolic link; runmaker does not follow one to write the {what}"
+            ) from None
         raise RunmakerError(f"{path}: cannot open the {what}: {exc.strerror}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise RunmakerError(f"{path}: not a regular file, cannot be the {what}")
-    if (st.st_dev, st.st_ino) == job_identity:
-        # Closing this second descriptor would drop every job lock we hold.
-        os.close(fd)
-        raise RunmakerError(f"{path}: is the job file itself, cannot be the {what}")
+    os.set_blocking(fd, True)
     return fd
+
+
+def _reopen_checked(path: str, mode: int, job_identity: tuple[int, int] | None) -> int | None:
+    """Open an existing record file for writing if it may be written, else None.
+
+    Looked at through an O_PATH descriptor (no open of a FIFO, and no lock
+    dropped if it is the job file), then opened again through that very
+    descriptor, so it is the file that was checked.
+    """
+    if not _O_PATH:
+        fd = os.open(path, mode | _RECORD_FLAGS)
+        if _stranger(os.fstat(fd), job_identity) is not None:
+            os.close(fd)  # no O_PATH: not Linux, where a close of the job file could drop locks
+            return None
+        return fd
+    probe = os.open(path, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if _stranger(os.fstat(probe), job_identity) is not None:
+            return None
+        try:
+            return os.open(f"/proc/self/fd/{probe}", mode | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        except FileNotFoundError:  # no /proc: open the name and compare
+            fd = os.open(path, mode | _RECORD_FLAGS)
+            mine, checked = os.fstat(fd), os.fstat(probe)
+            if (mine.st_dev, mine.st_ino) != (checked.st_dev, checked.st_ino):
+                os.close(fd)
+                return None
+            return fd
+    finally:
+        os.close(probe)
+
+
+def _check_logdir(path: str) -> None:
+    """Refuse an unusable --logdir before anything is created."""
+    try:
+        st = os.stat(path)  # a symbolic link to a directory is the user's choice
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.lexists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise RunmakerError(f"{path}: cannot create the log directory: Not a directory") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunmakerError(f"{path}: cannot create the log directory: Permission denied") from None
+        return
+    except OSError as exc:
+        raise RunmakerError(f"{path}: cannot create the log directory: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise RunmakerError(f"{path}: not a directory, cannot be the log directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunmakerError(f"{path}: log directory is not writable")
 
 
 @dataclass
@@ -1869,54 +2105,145 @@ class _Outcome:
 
 
 class _Records:
-    """Where finished jobs are written down, opened and checked before any job runs."""
+    """Where finished jobs are written down, opened and checked before any job runs.
 
-    def __init__(self, options: WorkerOptions, job_identity: tuple[int, int] | None) -> None:
+    Every path is checked before any is created, so an input error creates
+    nothing.  Writing a record never stops the worker: each kind of record
+    that cannot be written is named once on stderr (through ``notify``) and
+    the jobs go on.
+    """
+
+    def __init__(
+        self,
+        options: WorkerOptions,
+        job_identity: tuple[int, int] | None,
+        notify: Callable[[str], None] = lambda message: None,
+    ) -> None:
         self.loglines = options.loglines
         self.job_identity = job_identity
+        self.notify = notify
         self.cwd = os.getcwd()
+        self.logdir = options.logdir
+        self.logfile, self.joblog = options.logfile, options.joblog
+        self._told: set[str] = set()
+        for path, what in ((options.logfile, "log file"), (options.joblog, "job log")):
+            if path:
+                _check_record_path(path, what, job_identity)
+        if self.logdir is not None:
+            _check_logdir(self.logdir)
         self.log_fd = (
             _open_record_file(options.logfile, "log file", job_identity) if options.logfile else None
         )
         self.joblog_fd = (
             _open_record_file(options.joblog, "job log", job_identity) if options.joblog else None
         )
-        self.logdir = options.logdir
         if self.logdir is not None:
             try:
                 os.makedirs(self.logdir, exist_ok=True)
             except OSError as exc:
+                self.close()
                 raise RunmakerError(
                     f"{self.logdir}: cannot create the log directory: {exc.strerror}"
                 ) from None
-            if not os.path.isdir(self.logdir):
-                raise RunmakerError(f"{self.logdir}: not a directory, cannot be the log directory")
-            if not os.access(self.logdir, os.W_OK | os.X_OK):
-                raise RunmakerError(f"{self.logdir}: log directory is not writable")
+
+    def logdir_open_to_others(self) -> bool:
+        """True when users other than this one may write in --logdir."""
+        if self.logdir is None:
+            return False
+        try:
+            st = os.stat(self.logdir)
+        except OSError:
+            return False
+        if st.st_mode & stat.S_IWOTH:
+            return True
+        return bool(st.st_mode & stat.S_IWGRP) and st.st_gid != os.getgid()
 
     def open_job_files(self, line: int, first_attempt: bool) -> tuple[int, int] | None:
-        """Open LINE.out and LINE.err (fresh for a new claim, continued on retry)."""
+        """Open LINE.out and LINE.err (fresh for a new claim, continued on retry).
+
+        A file another user put in the way (a symbolic link, a FIFO, a file
+        of theirs) is replaced with a new one of ours, and named; None when
+        the files cannot be had (the job then runs without them).
+        """
         if self.logdir is None:
             return None
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if first_attempt else os.O_APPEND)
-        base = os.path.join(self.logdir, str(line))
         fds: list[int] = []
-        try:
-            for name in (base + ".out", base + ".err"):
-                try:
-                    st = os.stat(name)
-                except FileNotFoundError:
-                    pass
-                else:
-                    if (st.st_dev, st.st_ino) == self.job_identity:
-                        # O_TRUNC would empty it, and closing it would drop our locks.
-                        raise OSError(errno.EEXIST, f"{name} is the job file itself")
-                fds.append(os.open(name, flags, 0o666))
-        except OSError:
-            for fd in fds:
-                os.close(fd)
-            raise
+        for kind in ("out", "err"):
+            fd = self._open_job_file(line, kind, first_attempt)
+            if fd is None:
+                for opened in fds:
+                    os.close(opened)
+                return None
+            fds.append(fd)
         return fds[0], fds[1]
+
+    def _open_job_file(self, line: int, kind: str, first_attempt: bool) -> int | None:
+        assert self.logdir is not None
+        name = os.path.join(self.logdir, f"{line}.{kind}")
+        for _ in range(3):
+            try:
+                try:
+                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _RECORD_FLAGS, 0o666)
+                except FileExistsError:
+                    mode = os.O_WRONLY | (0 if first_attempt else os.O_APPEND)
+                    reopened = _reopen_checked(name, mode, self.job_identity)
+                    if reopened is None:
+                        if not self._replace(line, name):
+                            return None
+                        continue
+                    fd = reopened
+                    if first_attempt:
+                        os.ftruncate(fd, 0)  # only now: after the checks, on the descriptor
+                os.set_blocking(fd, True)
+                return fd
+            except FileNotFoundError:
+                if not self._make_logdir_again():
+                    return None
+            except OSError as exc:
+                self.tell_once("logdir", f"runmaker: {self.logdir}: cannot write the --logdir files "
+                                         f"({exc.strerror}); the jobs go on without them")
+                return None
+        self.notify(
+            f"runmaker: line {line}: {name} was replaced while it was opened; its output is not recorded"
+        )
+        return None
+
+    def _replace(self, line: int, name: str) -> bool:
+        """Remove a file another user put where a job's output goes; False if it must stay."""
+        try:
+            why = _stranger(os.lstat(name), self.job_identity) or "was replaced while it was opened"
+        except FileNotFoundError:
+            return True  # gone already: create ours
+        if why.startswith("is the job file"):
+            self.notify(f"runmaker: line {line}: {name} is the job file itself; its output is not recorded")
+            return False
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self.notify(f"runmaker: line {line}: {name} {why} and cannot be removed ({exc.strerror}); "
+                        "its output is not recorded")
+            return False
+        self.notify(f"runmaker: line {line}: {name} {why}; replaced it with a new file")
+        return True
+
+    def _make_logdir_again(self) -> bool:
+        assert self.logdir is not None
+        try:
+            os.makedirs(self.logdir, exist_ok=True)
+        except OSError as exc:
+            self.tell_once("logdir", f"runmaker: {self.logdir}: cannot write the --logdir files "
+                                     f"({exc.strerror}); the jobs go on without them")
+            return False
+        self.notify(f"runmaker: {self.logdir}: the log directory was removed; made it again")
+        return True
+
+    def tell_once(self, key: str, message: str) -> None:
+        """Name a record that cannot be written, once per kind of record."""
+        if key not in self._told:
+            self._told.add(key)
+            self.notify(message)
 
     def job_ended(
         self,
@@ -1928,14 +2255,13 @@ class _Records:
         started: float,
         runtime: float,
         outcome: _Outcome,
-    ) -> list[str]:
-        """Append the job's log block and job-log row; return what could not be written.
+    ) -> None:
+        """Append the job's log block and job-log row, each whole or not at all.
 
         A full disk or a vanished server must not cost the job its state
         byte (the worker would die holding it, and the job would look
-        lost), so write errors are handed back as messages instead.
+        lost): a record that cannot be written is named once and dropped.
         """
-        problems = []
         if self.log_fd is not None:
             parts = [b".-> ", command, b" (in ", os.fsencode(self.cwd), b")\n"]
             lines = list(tail or ())
@@ -1943,10 +2269,7 @@ class _Records:
             if self.loglines:
                 lines = lines[-self.loglines :]
             parts.extend(part + b"\n" for part in lines)
-            try:
-                append_to_shared_file(self.log_fd, b"".join(parts))
-            except OSError as exc:
-                problems.append(f"cannot append to the log file: {exc.strerror}")
+            self._append("log", self.log_fd, b"".join(parts), b"")
         if self.joblog_fd is not None:
             row = "%d\t%s\t%.3f\t%.3f\t0\t0\t%d\t%d\t%s\n" % (
                 line,
@@ -1957,16 +2280,25 @@ class _Records:
                 outcome.signal,
                 _shown(command),
             )
-            try:
-                append_to_shared_file(self.joblog_fd, row.encode(), header=_JOBLOG_HEADER)
-            except OSError as exc:
-                problems.append(f"cannot append to the job log: {exc.strerror}")
-        return problems
+            self._append("joblog", self.joblog_fd, row.encode(), _JOBLOG_HEADER)
+
+    def _append(self, key: str, fd: int, record: bytes, header: bytes) -> None:
+        what = "log file" if key == "log" else "job log"
+        try:
+            append_to_shared_file(fd, record, header=header, patience=_RECORD_PATIENCE)
+        except TimeoutError:
+            self.tell_once(key + "-lock", f"runmaker: the {what}'s append lock is held by another process; "
+                                          "records it could not take are dropped, the jobs go on")
+        except OSError as exc:
+            path = self.logfile if key == "log" else self.joblog
+            self.tell_once(key, f"runmaker: {path}: cannot write the {what} ({exc.strerror}); "
+                                "records it cannot take are dropped, the jobs go on")
 
     def close(self) -> None:
         for fd in (self.log_fd, self.joblog_fd):
             if fd is not None:
                 os.close(fd)
+        self.log_fd = self.joblog_fd = None
 
 
 # --------------------------------------------------------------------------
@@ -2004,6 +2336,7 @@ class _JobProcess:
     (the Worker's buffer, written out by its loop), or, with a shared log,
     the last lines are kept in ``tail`` for the job's log block.  No line is
     ever cut by another job's, since only whole lines leave this class.
+    ``notify`` hears why the ``--logdir`` files could not be written.
     """
 
     def __init__(
@@ -2138,10 +2471,7 @@ class _JobProcess:
                 _write_all(self.files[stream], data)
             except OSError as exc:
                 # Keep the job running and its other records going.
-                self._notify(
-                    f"runmaker: line {self.claim.line}: cannot write to --logdir, "
-                    f"its files are left incomplete: {exc.strerror}"
-                )
+                self._notify(exc.strerror or str(exc))
                 self.close_files()
         if self._partial[stream]:
             data = self._partial[stream] + data
@@ -2196,6 +2526,121 @@ class _JobProcess:
         if self.interrupted:
             outcome.state = "e"
         return outcome
+
+
+# The guardian: a job never outlives its worker (SPEC section 3).  posix_spawn
+# cannot give a job a parent-death signal, and a job in its own session is
+# not killed with its worker's process group either.  So each worker starts
+# one small process in a session of its own, holding the only reading end of
+# a pipe whose writing end only the worker holds (close-on-exec: no job
+# inherits it).  The worker writes "+PGID" as it starts a job and "-PGID"
+# once it has reaped it; when the pipe reaches end of file -- the worker has
+# exited, however it died -- the guardian SIGKILLs every group still listed.
+_GUARDIAN = r"""
+import os, signal
+for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE):
+    signal.signal(signum, signal.SIG_IGN)
+groups, rest = set(), b""
+while True:
+    try:
+        data = os.read(0, 65536)
+    except OSError:
+        break
+    if not data:
+        break
+    *lines, rest = (rest + data).split(b"\n")
+    for line in lines:
+        if line[:1] == b"+":
+            groups.add(int(line[1:]))
+        elif line[:1] == b"-":
+            groups.discard(int(line[1:]))
+for group in groups:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class _Guardian:
+    """The worker's side of its guardian process (see _GUARDIAN)."""
+
+    def __init__(self, *, start: bool = True) -> None:
+        self._groups: set[int] = set()
+        self._pending = b""
+        self._fd: int | None = None
+        self._pid: int | None = None
+        if start:
+            self._start()
+
+    def watch(self, pgid: int) -> None:
+        """A job just started in process group ``pgid``."""
+        self._groups.add(pgid)
+        self._send(b"+%d\n" % pgid)
+
+    def forget(self, pgids: list[int]) -> None:
+        """These jobs were reaped: their groups are no longer ours to kill."""
+        self._groups.difference_update(pgids)
+        self._send(b"".join(b"-%d\n" % pgid for pgid in pgids))
+
+    def close(self) -> None:
+        """Let the guardian go (it kills what is still listed) and reap it."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._pid is not None:
+            try:
+                os.waitpid(self._pid, 0)
+            except ChildProcessError:
+                pass  # reaped by the worker's waitpid(-1) already
+            self._pid = None
+
+    def _start(self) -> None:
+        if not sys.executable:
+            return  # no interpreter to run it with: jobs may outlive a SIGKILLed worker
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-I", "-S", "-c", _GUARDIAN],
+                {},
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, read_end, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0),
+                ],
+                setsid=True,  # outlives a SIGKILL of the worker's process group (scancel)
+            )
+        except OSError:
+            os.close(write_end)
+            return
+        finally:
+            os.close(read_end)
+        os.set_blocking(write_end, False)  # a stopped guardian must not stop the worker
+        self._fd = write_end
+        self._pending = b"".join(b"+%d\n" % pgid for pgid in self._groups)
+        self._send(b"")
+
+    def _send(self, data: bytes) -> None:
+        if self._fd is None:
+            return
+        self._pending += data
+        try:
+            while self._pending:
+                self._pending = self._pending[os.write(self._fd, self._pending) :]
+        except BlockingIOError:
+            pass  # sent with the next message
+        except OSError:
+            # The guardian died (someone killed it): start another that
+            # knows every running job.
+            os.close(self._fd)
+            self._fd = None
+            if self._pid is not None:
+                try:
+                    os.waitpid(self._pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            self._start()
 
 
 class _OutputBuffer:
@@ -2485,13 +2930,16 @@ class Worker:
         self.options = options
         self.records = records
         self.notify = notify
-        self._console = console
+        console.flush()
+        self._console_fd = console.fileno()
         self._console_parts: list[bytes] = []
         self._output = _OutputBuffer(self._write_console, _CONSOLE_BEHIND)
         self._output_paused = False  # the jobs' pipes wait for the console
         self._output_failure_told = False
         self._room_r = -1  # readable once the console has room again
         self._running: dict[int, _JobProcess] = {}  # pid -> attempt
+        self._deferred: list[tuple[Claim, int, int]] = []  # claimed, waiting for descriptors
+        self._guardian = _Guardian(start=False)  # started by run()
         self._free_slots = list(range(options.jobs))
         self._poller = select.poll()
         self._watched: dict[int, _JobProcess] = {}  # pipe fd -> its job
@@ -2521,6 +2969,7 @@ class Worker:
             self._poller.register(wake_r, select.POLLIN)
             if self.link is not None:
                 self._poller.register(self.link.fileno(), select.POLLIN)
+            self._guardian = _Guardian()
             self._room_r, room_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._poller.register(self._room_r, select.POLLIN)
             self._output.on_room = lambda: _wake(room_w)
@@ -2537,6 +2986,7 @@ class Worker:
                 self._stop_jobs_now()
                 raise
             finally:
+                self._guardian.close()
                 self._output.on_room = None
                 os.close(self._room_r)
                 os.close(room_w)
@@ -2577,6 +3027,9 @@ class Worker:
                 self.source.refresh()
                 self._next_look = now + _POLL
             self.source.commit()
+            deferred, self._deferred = self._deferred, []
+            for claim, attempt, local_slot in deferred:
+                self._start(claim, attempt, local_slot)
             for claim in claims:
                 self._start(claim, 1, self._free_slots.pop(0))
             self._flush_console()
@@ -2614,7 +3067,8 @@ class Worker:
             wait = self.link.timeout(now)
             if wait is not None:
                 times.append(wait)
-        return max(0.0, min(times)) if times else None
+        # Bounded: a --timeout of 1e300 seconds must not overflow poll().
+        return max(0.0, min(min(times), _LONGEST_SLEEP)) if times else None
 
     def _check_link(self) -> None:
         """Once a remote source's link is broken: claim nothing more, stop every job."""
@@ -2700,6 +3154,7 @@ class Worker:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+        self._guardian.forget(list(self._running))
         self._running.clear()
 
     def kill_job(self, line: int) -> bool:
@@ -2738,23 +3193,38 @@ class Worker:
                 raise OSError(errno.ETIMEDOUT, "the job file did not answer (--fence)")
             job = _JobProcess(
                 claim, attempt, local_slot, env=env, host=self._host, files=files,
-                tail=collections.deque(maxlen=self.options.loglines or None)
+                tail=collections.deque(maxlen=min(self.options.loglines, sys.maxsize) or None)
                 if self.records.log_fd is not None
                 else None,
-                timeout=self.options.timeout, console=self._console_parts, notify=self.notify,
+                timeout=self.options.timeout, console=self._console_parts, notify=self._logdir_failed,
             )
         except (OSError, ValueError) as exc:
             for fd in files or ():
                 os.close(fd)
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE) and self._running:
+                # Out of descriptors: start it once another job has ended
+                # (the claim and its local slot stay held meanwhile).
+                if not self.options.quiet:
+                    self._console_parts.pop()  # its "executing" line, said again then
+                self._deferred.append((claim, attempt, local_slot))
+                return
             reason = getattr(exc, "strerror", None) or str(exc)
             self._could_not_start(claim, attempt, local_slot, reason)
             return
+        self._guardian.watch(job.pid)  # at once: the worker may be killed any moment now
         self._running[job.pid] = job
         for fd in job.streams:
             self._poller.register(fd, 0 if self._output_paused else select.POLLIN)
             self._watched[fd] = job
         if not self.options.quiet:
             self._console_parts.append(b"status (" + job.pid_tag + b'): forked "' + quoted + b'"\n')
+
+    def _logdir_failed(self, why: str) -> None:
+        self.records.tell_once(
+            "logdir",
+            f"runmaker: {self.records.logdir}: cannot write the --logdir files ({why}); "
+            "the jobs go on, their files left incomplete",
+        )
 
     def _could_not_start(self, claim: Claim, attempt: int, local_slot: int, reason: str) -> None:
         outcome = _Outcome("e", f"error {reason}", -1, 0)
@@ -2773,19 +3243,25 @@ class Worker:
         self._finish(claim, outcome.state, local_slot)
 
     def _reap(self) -> None:
-        while self._running:
-            try:
-                pid, wait_status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if pid in self._running:
-                # A batch system signals the jobs and this worker at nearly
-                # the same moment: a stop signal already caught decides how
-                # this job ends (with --requeue it goes back, not '!').
-                self._handle_signals()
-                self._ended(self._running.pop(pid), wait_status)
+        reaped: list[int] = []
+        try:
+            while self._running:
+                try:
+                    pid, wait_status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    return
+                if pid == 0:
+                    return
+                if pid in self._running:
+                    # A batch system signals the jobs and this worker at nearly
+                    # the same moment: a stop signal already caught decides how
+                    # this job ends (with --requeue it goes back, not '!').
+                    self._handle_signals()
+                    reaped.append(pid)
+                    self._ended(self._running.pop(pid), wait_status)
+        finally:
+            if reaped:
+                self._guardian.forget(reaped)
 
     def _enforce_deadlines(self, now: float) -> None:
         for job in self._running.values():
@@ -2831,11 +3307,9 @@ class Worker:
         # A log on the job file's NFS server hangs with it, and the loop
         # stuck here keeps no claim alive either: the fence watches it too.
         with self._fence.operation():
-            problems = self.records.job_ended(
+            self.records.job_ended(
                 claim.command, tail, status, claim.line, self.options.host, started, runtime, outcome
             )
-        for problem in problems:
-            self.notify(f"runmaker: line {claim.line}: {problem}")
 
     def _finish(self, claim: Claim, state: str, local_slot: int) -> None:
         self.source.finish_job(claim, state)
@@ -2877,12 +3351,10 @@ class Worker:
                 self._poller.modify(fd, 0 if paused else select.POLLIN)
 
     def _write_console(self, data: bytes) -> None:
-        # Under PYTHONUNBUFFERED sys.stdout.buffer is a raw FileIO: a write
-        # into a full pipe that a signal interrupts writes only part.
-        view = memoryview(data)
-        while view:
-            view = view[self._console.write(view) :]
-        self._console.flush()
+        # Straight to the descriptor: a buffered writer would keep what a
+        # full disk refused and fail again when Python exits.  A write into
+        # a full pipe that a signal interrupts writes only part.
+        _write_all(self._console_fd, data)
 
 
 def _wake(fd: int) -> None:
@@ -2969,6 +3441,12 @@ def _signal_name(signum: int) -> str:
 # holds its lock, so an 'r' written by hand would look lost at once.
 _SETTABLE = b".+d!e-"
 _JOB_SPEC = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")
+_MAX_RUNNING_ARG = re.compile(r"[0-9]+\Z|none\Z")
+# A record's lines are written with these first, the real bytes after the
+# record is durable: a line still holding one never runs (an unknown state)
+# and is never obeyed (a comment).
+_PLACEHOLDER = b"~ "
+_APPEND_PATIENCE = 60.0  # seconds runset waits for the append lock
 _SUMMARY_ORDER = b"+.rd!e-"
 _LINE_STATE = re.compile(rb"\n([^#/ \t\r\n\x0b\x0c])[ \t]")  # the state of a job line
 _BLANK_COMMAND = re.compile(rb"\n[^\n][ \t][ \t\r\x0b\x0c]*\n")  # a state, then blanks only
@@ -3207,50 +3685,77 @@ def append_jobs(
     high: bool = False,
     max_running: int | Literal["none"] | None = None,
     barrier: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> list[int]:
     """Append directives and new jobs to the job file at ``path`` as one record.
 
     The record holds, in this order: a ``#runmaker max-running`` directive
-    (``max_running``: a whole number, or ``"none"`` to lift the cap), a
-    ``#runmaker barrier`` line, then one job line per command, pending
-    (``.``), or urgent (``+``) with ``high``.  Trailing white space of a
-    command is dropped.  The record is written whole with the append recipe
-    (append_to_shared_file): workers never see part of it, and appends from
-    other processes or hosts never tear its lines.  Returns the line
-    number of each job appended.  A command's leading blanks are its indent:
-    a job indented deeper than the job line above it is its child (SPEC 1).
+    (``max_running``: a whole number up to 2**31-1, or ``"none"`` to lift the
+    cap), a ``#runmaker barrier`` line, then one job line per command,
+    pending (``.``), or urgent (``+``) with ``high``.  Trailing white space
+    of a command is dropped.  The record is written whole or not at all
+    (append_to_shared_file, with placeholder first bytes): workers never see
+    or run part of it, whatever happens to this process, and appends from
+    other processes or hosts never tear its lines.  Waits at most
+    _APPEND_PATIENCE seconds for the append lock, saying so through ``warn``
+    if it has to wait.  Returns the line number of each job appended.  A
+    command's leading blanks are its indent: a job indented deeper than the
+    job line above it is its child (SPEC 1).
 
-    Raises RunmakerError for an empty command or one with a line break in
-    it; RunmakerFailure when the file system fails under it (a full disk).
+    Raises RunmakerError for an empty command, one with a line break in it,
+    or a bad ``max_running``; RunmakerFailure when the file cannot take the
+    record (disk full, file size limit: nothing was added) or its append
+    lock stays held.
     """
-    with _failing_as_runtime_error(path):
-        state = b"+ " if high else b". "
-        parts: list[bytes] = []
-        if max_running is not None:
-            parts.append(b"#runmaker max-running %s\n" % str(max_running).encode())
-        if barrier:
-            parts.append(b"#runmaker barrier\n")
-        jobs: list[int] = []  # where each job line lies in the record, counted in lines
-        for command in commands:
-            command = command.rstrip(_TRAILING_SPACE)
-            if not command:
-                raise RunmakerError(f"{path}: cannot add an empty command")
-            if b"\n" in command or b"\r" in command:
-                raise RunmakerError(
-                    f"{path}: a command must fit on one line: {_shown(command)!r}"
+    state = b"+ " if high else b". "
+    directives: list[bytes] = []
+    if max_running is not None:
+        directives.append(b"runmaker max-running %s\n" % _cap_argument(path, max_running).encode())
+    if barrier:
+        directives.append(b"runmaker barrier\n")
+    jobs: list[bytes] = []
+    for command in commands:
+        command = command.rstrip(_TRAILING_SPACE)
+        if not command:
+            raise RunmakerError(f"{path}: cannot add an empty command")
+        if b"\n" in command or b"\r" in command:
+            raise RunmakerError(
+                f"{path}: a command must fit on one line: {_shown(command)!r}"
+            )
+        jobs.append(command + b"\n")
+    if not directives and not jobs:
+        return []
+    # Placeholders first (see append_to_shared_file): "/runmaker" is a
+    # comment, "~" a state nothing runs.
+    record = b"".join(b"/" + line for line in directives) + b"".join(_PLACEHOLDER + line for line in jobs)
+    real = [b"".join(b"#" + line for line in directives), b"".join(state + line for line in jobs)]
+    real = [piece for piece in real if piece]
+    fd = _open_job_file(path, writable=True)
+    try:
+        check_file_locking(path, fd=fd)
+
+        def waiting() -> None:
+            if warn is not None:
+                warn(
+                    f"runset: {path}: waiting for the append lock, which another process holds "
+                    f"(gives up after {_APPEND_PATIENCE:.0f} s)"
                 )
-            jobs.append(len(parts))
-            parts.append(state + command + b"\n")
-        if not parts:
-            return []
-        fd = _open_job_file(path, writable=True)
+
         try:
-            check_file_locking(path, fd=fd)
-            start = append_to_shared_file(fd, b"".join(parts))
-            before = _count_lines_before(fd, start) if jobs else 0
-        finally:
-            os.close(fd)
-        return [before + 1 + k for k in jobs]
+            start = append_to_shared_file(fd, record, real=real, patience=_APPEND_PATIENCE, waiting=waiting)
+        except TimeoutError:
+            raise RunmakerFailure(
+                f"{path}: the append lock stayed held for {_APPEND_PATIENCE:.0f} s; nothing was added"
+            ) from None
+        except OSError as exc:
+            raise RunmakerFailure(
+                f"{path}: cannot append: {exc.strerror or exc}; nothing was added"
+            ) from None
+        with _failing_as_runtime_error(path):
+            before = _count_lines_before(fd, start) + len(directives) if jobs else 0
+    finally:
+        os.close(fd)
+    return [before + 1 + k for k in range(len(jobs))]
 
 
 def _count_lines_before(fd: int, offset: int) -> int:
@@ -3356,6 +3861,21 @@ def _jobs_still_running(jobfile: JobFile, live: list[int], report: KillReport) -
         else:
             report.other.append((line, f"ended '{_shown(current)}' before the kill reached it"))
     return left
+
+
+def _cap_argument(path: str, value: int | str) -> str:
+    """A max-running argument as written to the file: ``none`` or digits."""
+    text = str(value)
+    if text == "none":
+        return text
+    if not _MAX_RUNNING_ARG.match(text):
+        raise RunmakerError(f"{path}: max-running takes a whole number or 'none', not {text!r}")
+    number = parse_cap(text.encode())
+    if number is None:
+        raise RunmakerError(
+            f"{path}: max-running {shorten_number(text)} is above the largest cap, {MAX_CAP}"
+        )
+    return str(number)
 
 
 @dataclass
@@ -3602,7 +4122,7 @@ def wait_for_jobs(
                 if counts.finished or counts.timed_out:
                     return counts
                 pause = interval if timeout is None else min(interval, timeout - counts.elapsed)
-                time.sleep(max(pause, 0.0))
+                time.sleep(min(max(pause, 0.0), _LONGEST_SLEEP))  # 1e300 s would overflow
         finally:
             watcher.close()
 
@@ -3714,24 +4234,33 @@ def _jobs_named(jobfile: JobFile, specs: tuple[str, ...]) -> list[int]:
         match = _JOB_SPEC.match(spec)
         if match is None:
             raise RunmakerError(f"{path}: {spec!r} is not a line number or a range A-B")
-        first = int(match[1])
+        # Past the end of any file: int() would refuse a long one (4,300 digits).
+        beyond = jobfile.line_count + 1
+        first = _line_number(match[1], beyond)
+        shown = shorten_number(match[1].lstrip("0") or "0")
         if match[2] is None:
             index = jobfile.index_of_line(first)
             if index is None:
                 past = f" (the file has {jobfile.line_count} lines)" if first > jobfile.line_count else ""
-                raise RunmakerError(f"{path}:{first}: no job at this line{past}")
+                raise RunmakerError(f"{path}:{shown}: no job at this line{past}")
             chosen.add(index)
             continue
-        last = int(match[2])
+        last = _line_number(match[2], beyond)
         if not 1 <= first <= last:
-            raise RunmakerError(f"{path}: {spec!r}: a range A-B needs 1 <= A <= B")
+            raise RunmakerError(f"{path}: {shorten_number(spec)!r}: a range A-B needs 1 <= A <= B")
         if last > jobfile.line_count:
             raise RunmakerError(
-                f"{path}:{spec}: the range runs past the end of the file "
-                f"({jobfile.line_count} lines)"
+                f"{path}:{shown}-{shorten_number(match[2].lstrip('0') or '0')}: the range runs past "
+                f"the end of the file ({jobfile.line_count} lines)"
             )
         chosen.update(range(bisect.bisect_left(lines, first), bisect.bisect_right(lines, last)))
     return sorted(chosen)
+
+
+def _line_number(digits: str, beyond: int) -> int:
+    """ASCII digits as a line number; ``beyond`` for one past any line we have."""
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= len(str(beyond)) else beyond
 
 
 def _probe_running_jobs(jobfile: JobFile, states: bytearray, chosen: Sequence[int]) -> set[int]:
@@ -3959,13 +4488,14 @@ def run_worker(
     the first byte of the job file is written; a bad one raises
     RunmakerError and leaves the file untouched.
     """
+    _check_open_file_limit(options.jobs, options.logdir is not None)
     jobfile = JobFile(path, warn=notify)
     try:
         check_file_locking(path, fd=jobfile.fd)
         check_job_file(jobfile, notify)
         fence = default_fence(jobfile.fd) if options.fence is None else options.fence
         options = dataclasses.replace(options, job_file=os.path.abspath(path), fence=fence)
-        records = _Records(options, jobfile.identity)
+        records = _Records(options, jobfile.identity, notify)
         for fd, name, what in (
             (jobfile.fd, path, "its lines run as you"),
             (records.log_fd, options.logfile, "it records what your jobs did"),
@@ -3973,24 +4503,77 @@ def run_worker(
         ):
             if fd is not None and _writable_by_others(fd):
                 notify(f"Warning: {name}: other users can write this file, and {what}")
+        if records.logdir_open_to_others():
+            notify(f"Warning: {options.logdir}: other users can write this log directory: "
+                   "they can delete your jobs' output files")
         try:
-            scheduler = Scheduler(jobfile, retry=retry, notify=notify)
-            try:
-                worker = Worker(scheduler, options, records, console=console, notify=notify)
-                scheduler.on_kill = worker.kill_job
-                code = worker.run()
-                if not worker.jobs_started and scheduler.idle_reason is IdleReason.DONE:
-                    notify("runmaker: " + scheduler.describe_nothing_to_run())
-                return code
-            except OSError as exc:  # the Worker has killed its jobs
-                scheduler.abandon()
-                raise job_file_failed(path, exc) from None
-            finally:
-                scheduler.close()
+            return _run_scheduled(jobfile, options, records, retry=retry, console=console, notify=notify)
         finally:
             records.close()
     finally:
         jobfile.close()
+
+
+def _run_scheduled(
+    jobfile: JobFile,
+    options: WorkerOptions,
+    records: _Records,
+    *,
+    retry: bool,
+    console: BinaryIO,
+    notify: Callable[[str], None],
+) -> int:
+    """The worker proper; a job file failing under it is one Error: line, exit 1.
+
+    Any OSError that reaches here comes from the job file: console, records
+    and job starts handle their own.  The Worker has stopped its jobs by
+    then; nothing more is written (closing only releases the locks).
+    """
+    try:
+        scheduler = Scheduler(jobfile, retry=retry, notify=notify)
+    except OSError as exc:
+        raise job_file_failed(jobfile.path, exc) from None
+    failed = False
+    try:
+        worker = Worker(scheduler, options, records, console=console, notify=notify)
+        scheduler.on_kill = worker.kill_job
+        code = worker.run()
+        if not worker.jobs_started and scheduler.idle_reason is IdleReason.DONE:
+            notify("runmaker: " + scheduler.describe_nothing_to_run())
+        return code
+    except OSError as exc:  # the Worker has stopped its jobs
+        failed = True
+        scheduler.abandon()
+        raise job_file_failed(jobfile.path, exc) from None
+    finally:
+        try:
+            scheduler.close()
+        except OSError as exc:
+            if not failed:
+                raise job_file_failed(jobfile.path, exc) from None
+
+
+def _check_open_file_limit(jobs: int, logdir: bool) -> None:
+    """Refuse a -j the open-file limit cannot serve (a usage error, exit 2).
+
+    Each running job holds its two output pipes open in the worker (and with
+    --logdir its two files); past the limit os.pipe2 fails with EMFILE.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        used = 3
+    per_job = 4 if logdir else 2
+    room = max((soft - used - _SPARE_FILES) // per_job, 0)
+    if jobs > room:
+        most = "raise it" if hard == resource.RLIM_INFINITY or hard > soft else "it is the hard limit"
+        raise RunmakerError(
+            f"-j {jobs}: each job needs {per_job} open files and the open-file limit (ulimit -n) "
+            f"is {soft}, enough for -j {room}; lower -j or {most}"
+        )
 
 
 # --------------------------------------------------------------------------
@@ -4075,8 +4658,22 @@ CLICK_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100
 
 
 def echo_to_stderr(message: str) -> None:
-    """The commands' way of showing a warning or notice: one line on stderr."""
-    click.echo(message, err=True)
+    """The commands' way of showing a warning or notice: one line on stderr.
+
+    Never raises: a full disk or a closed pipe behind stderr must not stop a
+    worker, and there is nowhere left to say so.  Written straight to the
+    descriptor, so nothing refused stays buffered to fail again at exit.
+    """
+    data = (message + "\n").encode("utf-8", "replace")
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a test harness
+        click.echo(message, err=True)
+        return
+    try:
+        _write_all(fd, data)
+    except OSError:
+        pass
 
 
 class OneLineErrorCommand(click.Command):
@@ -4094,10 +4691,16 @@ class OneLineErrorCommand(click.Command):
         except click.ClickException as exc:
             program = kwargs.get("prog_name") or os.path.basename(sys.argv[0]) or self.name
             hint = f" (see '{program} --help')" if isinstance(exc, click.UsageError) else ""
-            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+            echo_to_stderr(f"Error: {exc.format_message()}{hint}")
             sys.exit(exc.exit_code)
         except click.Abort:
-            click.echo("Aborted!", err=True)
+            echo_to_stderr("Aborted!")
+            sys.exit(1)
+        except OSError as exc:
+            # The last resort for a file system failing under a command
+            # (EIO, EROFS): a runtime failure, never a traceback.
+            where = f"{exc.filename}: " if exc.filename else ""
+            echo_to_stderr(f"Error: {where}{exc.strerror or exc}")
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 

@@ -44,6 +44,7 @@ from runmaker import (
     Scheduler,
     Worker,
     WorkerOptions,
+    _check_open_file_limit,
     _drain_wakeup,
     _OutputBuffer,
     _Records,
@@ -1670,7 +1671,8 @@ def run_tcp_client(
     """
     secret = _client_token(token)
     host, port = _split_address(address, port)
-    records = _Records(options, None)
+    _check_open_file_limit(options.jobs, options.logdir is not None)
+    records = _Records(options, None, notify)
     notices = _Notices(notify)
     previous = _stop_signals_raise()
     try:

@@ -36,8 +36,13 @@ def _max_running(
         return None
     if value == "none":
         return "none"
-    if value.isdigit():
-        return int(value)
+    if value.isascii() and value.isdigit():
+        cap = runmaker.parse_cap(value.encode())
+        if cap is None:
+            raise click.BadParameter(
+                f"{runmaker.shorten_number(value)} is above the largest cap, {runmaker.MAX_CAP}", ctx, param
+            )
+        return cap
     raise click.BadParameter(f"{value!r} is neither a whole number nor 'none'", ctx, param)
 
 
@@ -167,7 +172,7 @@ def main(
                        showing=showing, high=high, adding=bool(add), killing=kill)
     if appending:
         added = runmaker.append_jobs(file, _commands(add), high=high, max_running=max_running,
-                                     barrier=barrier)
+                                     barrier=barrier, warn=runmaker.echo_to_stderr)
         click.echo("".join(f"{line}\n" for line in added), nl=False)
     elif kill:
         sys.exit(_show_kills(file, runmaker.kill_jobs(file, selection, warn=runmaker.echo_to_stderr)))

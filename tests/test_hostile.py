@@ -66,10 +66,12 @@ class Row:
     files: dict[str, bytes] = field(default_factory=lambda: {"runs.txt": JOBS})
     dirs: tuple[str, ...] = ()
     fifos: tuple[str, ...] = ()
+    links: dict[str, str] = field(default_factory=dict)  # symbolic link -> its target
     after: bytes | None = None  # runs.txt after the command (None: every file untouched)
     stdout: bytes | None = b""  # exactly these bytes (None: see stdout_re)
     stdout_re: bytes | None = None  # a regular expression the whole stdout matches
     stderr: str | None = None  # every stderr line matches this (rows without an error)
+    stderr_lines: int | None = None  # exactly this many stderr lines, when given
     input: bytes | None = None
     check: Callable[[Path, bytes], object] | None = None  # more to check: (directory, stdout)
 
@@ -133,9 +135,84 @@ ROWS = [
     Row("runmaker-joblog-is-the-job-file", "runmaker", ["--joblog", "runs.txt", "runs.txt"], 2,
         r"Error: runs\.txt: is the job file itself, cannot be the job log"),
     Row("runmaker-logdir-is-a-file", "runmaker", ["--logdir", "plain", "runs.txt"], 2,
-        r"Error: plain: cannot create the log directory: File exists",
+        r"Error: plain: not a directory, cannot be the log directory",
         files={"runs.txt": JOBS, "plain": b"not a directory\n"}),
+    # Input errors create nothing: every path is checked before any is created.
+    Row("runmaker-bad-logdir-creates-no-log", "runmaker",
+        ["-l", "new.log", "--joblog", "new.tsv", "--logdir", "afile", "runs.txt"], 2,
+        r"Error: afile: not a directory, cannot be the log directory",
+        files={"runs.txt": JOBS, "afile": b"a file\n"}),
+    Row("runmaker-bad-joblog-creates-no-log", "runmaker",
+        ["-l", "new.log", "--logdir", "newdir", "--joblog", "nodir/jobs.tsv", "runs.txt"], 2,
+        r"Error: nodir/jobs\.tsv: cannot open the job log: No such file or directory"),
+    Row("runmaker-bad-log-creates-no-logdir", "runmaker",
+        ["--logdir", "newdir/sub", "--joblog", "new.tsv", "-l", "nodir/log.txt", "runs.txt"], 2,
+        r"Error: nodir/log\.txt: cannot open the log file: No such file or directory"),
+    # Records are never opened through a symbolic link, and never a FIFO.
+    Row("runmaker-log-is-a-symlink", "runmaker", ["-l", "log.txt", "runs.txt"], 2,
+        r"Error: log\.txt: is a symbolic link; runmaker does not follow one to write the log file",
+        files={"runs.txt": JOBS, "precious.txt": b"precious\n"}, links={"log.txt": "precious.txt"}),
+    Row("runmaker-joblog-is-a-dangling-symlink", "runmaker", ["--joblog", "jobs.tsv", "runs.txt"], 2,
+        r"Error: jobs\.tsv: is a symbolic link; runmaker does not follow one to write the job log",
+        links={"jobs.tsv": "elsewhere.tsv"}),
+    Row("runmaker-joblog-links-to-the-job-file", "runmaker", ["--joblog", "jobs.tsv", "runs.txt"], 2,
+        r"Error: jobs\.tsv: is a symbolic link; runmaker does not follow one to write the job log",
+        links={"jobs.tsv": "runs.txt"}),
+    Row("runmaker-log-is-a-fifo", "runmaker", ["-l", "log.fifo", "runs.txt"], 2,
+        r"Error: log\.fifo: not a regular file, cannot be the log file", fifos=("log.fifo",)),
+    Row("runmaker-log-is-a-device", "runmaker", ["-l", "/dev/null", "runs.txt"], 2,
+        r"Error: /dev/null: not a regular file, cannot be the log file"),
+    # Numbers: limits checked up front, only ASCII digits are digits.
+    Row("runmaker-jobs-a-billion", "runmaker", ["-j", "1000000000", "runs.txt"], 2,
+        r"Error: -j 1000000000: .*open-file limit.*"),
+    Row("runmaker-loglines-huge", "runmaker", ["-q", "-l", "out.log", "-n", "9" * 30, "runs.txt"], 0,
+        after=JOBS.replace(b". ", b"d "), stdout=None, stdout_re=rb"", stderr=r"(?!)",
+        check=lambda d, out: (d / "out.log").read_bytes().count(b".-> ") == 3),
+    Row("runmaker-max-running-4301-digits", "runmaker", ["-q", "runs.txt"], 0,
+        files={"runs.txt": b"#runmaker max-running " + b"1" * 4301 + b"\n. echo a\n"},
+        after=b"#runmaker max-running " + b"1" * 4301 + b"\nd echo a\n",
+        stdout=None, stdout_re=rb"stdout \(\S+\): a\n",
+        stderr=r"Warning: runs\.txt:1: max-running above 2147483647; ignored", stderr_lines=1),
+    Row("runmaker-max-running-above-2-to-the-64", "runmaker", ["-q", "runs.txt"], 0,
+        files={"runs.txt": b"#runmaker max-running 18446744073709551616\n. echo a\n"},
+        after=b"#runmaker max-running 18446744073709551616\nd echo a\n",
+        stdout=None, stdout_re=rb"stdout \(\S+\): a\n",
+        stderr=r"Warning: runs\.txt:1: max-running above 2147483647; ignored", stderr_lines=1),
+    Row("runmaker-max-running-2-to-the-31", "runmaker", ["-q", "runs.txt"], 0,
+        files={"runs.txt": b"#runmaker max-running 2147483648\n. echo a\n"},
+        after=b"#runmaker max-running 2147483648\nd echo a\n",
+        stdout=None, stdout_re=rb"stdout \(\S+\): a\n",
+        stderr=r"Warning: runs\.txt:1: max-running above 2147483647; ignored", stderr_lines=1),
+    Row("runmaker-max-running-largest", "runmaker", ["-q", "runs.txt"], 0,
+        files={"runs.txt": b"#runmaker max-running 2147483647\n. echo a\n"},
+        after=b"#runmaker max-running 2147483647\nd echo a\n",
+        stdout=None, stdout_re=rb"stdout \(\S+\): a\n", stderr=r"(?!)"),
+    Row("runmaker-max-running-non-ascii-digit", "runmaker", ["-q", "runs.txt"], 0,
+        files={"runs.txt": "#runmaker max-running \u0661\n. echo a\n".encode()},
+        after="#runmaker max-running \u0661\nd echo a\n".encode(),
+        stdout=None, stdout_re=rb"stdout \(\S+\): a\n",
+        stderr=r"Warning: runs\.txt:1: max-running takes a whole number or 'none'; ignored", stderr_lines=1),
     # ---- runset ----------------------------------------------------------------
+    Row("runset-max-running-4301-digits-in-file", "runset", ["runs.txt"], 0,
+        files={"runs.txt": b"#runmaker max-running " + b"1" * 4301 + b"\n. echo a\n"},
+        stdout=b"2: . - echo a\n", stderr=r"Warning: runs\.txt:1: max-running above 2147483647; ignored", stderr_lines=1),
+    Row("runset-line-5000-digits", "runset", ["runs.txt", "1" * 5000], 2,
+        r"Error: runs\.txt:1{10}\.\.\. \(5000 digits\): no job at this line \(the file has 4 lines\)"),
+    Row("runset-line-with-many-leading-zeros", "runset", ["runs.txt", "0" * 5000 + "1"], 0,
+        stdout=b"1: . - echo a\n", stderr=r"(?!)"),
+    Row("runset-range-to-5000-digits", "runset", ["runs.txt", "1-" + "9" * 5000, "--set", "d"], 2,
+        r"Error: runs\.txt:1-9{10}\.\.\. \(5000 digits\): the range runs past the end of the file \(4 lines\)"),
+    Row("runset-line-non-ascii-digit", "runset", ["runs.txt", "\u0661"], 2,
+        r"Error: runs\.txt: '\u0661' is not a line number or a range A-B"),
+    Row("runset-max-running-superscript-two", "runset", ["runs.txt", "--max-running", "\u00b2"], 2,
+        r"Error: Invalid value for '--max-running': '\u00b2' is neither a whole number nor 'none'" + USAGE_TAIL),
+    Row("runset-max-running-5000-digits", "runset", ["runs.txt", "--max-running", "1" * 5000], 2,
+        r"Error: Invalid value for '--max-running': 1{10}\.\.\. \(5000 digits\) is above the largest cap, "
+        r"2147483647" + USAGE_TAIL),
+    Row("runset-max-running-2-to-the-31", "runset", ["runs.txt", "--max-running", "2147483648"], 2,
+        r"Error: Invalid value for '--max-running': 2147483648 is above the largest cap, 2147483647" + USAGE_TAIL),
+    Row("runset-max-running-largest", "runset", ["runs.txt", "--max-running", "2147483647"], 0,
+        after=JOBS + b"#runmaker max-running 2147483647\n", stderr=r"(?!)"),
     Row("runset-missing-file", "runset", ["missing.txt"], 2, r"Error: missing\.txt: no such file", files={}),
     Row("runset-directory", "runset", ["jobs.d"], 2, r"Error: .*'jobs\.d' is a directory\." + USAGE_TAIL,
         files={}, dirs=("jobs.d",)),
@@ -182,6 +259,9 @@ ROWS = [
     Row("runset-high-without-add", "runset", ["runs.txt", "--high"], 2, r"Error: --high goes with --add.*"),
     Row("runset-add-with-selection", "runset", ["runs.txt", "1", "--add", "echo x"], 2, r"Error: --add, .*"),
     # ---- runwait ---------------------------------------------------------------
+    Row("runwait-max-running-4301-digits-in-file", "runwait", ["-e", "runs.txt"], 0,
+        files={"runs.txt": b"#runmaker max-running " + b"1" * 4301 + b"\nd echo a\n"},
+        stderr=r"Warning: runs\.txt:1: max-running above 2147483647; ignored", stderr_lines=1),
     Row("runwait-missing-file", "runwait", ["missing.txt"], 2, r"Error: missing\.txt: no such file", files={}),
     Row("runwait-directory", "runwait", ["jobs.d"], 2, r"Error: .*'jobs\.d' is a directory\." + USAGE_TAIL,
         files={}, dirs=("jobs.d",)),
@@ -213,6 +293,8 @@ def test_bad_input_gives_the_promised_outcome(tmp_path: Path, row: Row) -> None:
         (tmp_path / name).mkdir()
     for name in row.fifos:
         os.mkfifo(tmp_path / name)
+    for name, target in row.links.items():
+        os.symlink(target, tmp_path / name)
 
     result = run(row.command, *row.args, cwd=tmp_path, input=row.input, timeout=50)
 
@@ -227,6 +309,8 @@ def test_bad_input_gives_the_promised_outcome(tmp_path: Path, row: Row) -> None:
         assert errors == [], err
         for line in err.splitlines():
             assert row.stderr is not None and re.fullmatch(row.stderr, line), line
+        if row.stderr_lines is not None:
+            assert len(err.splitlines()) == row.stderr_lines, err
     if row.stdout_re is not None:
         assert re.fullmatch(row.stdout_re, out), out[-500:]
     else:
@@ -241,6 +325,7 @@ def test_bad_input_gives_the_promised_outcome(tmp_path: Path, row: Row) -> None:
     if row.code == 2:
         # An input error creates nothing: no log file, no log directory.
         created = {p.name for p in tmp_path.iterdir()} - set(row.files) - set(row.dirs) - set(row.fifos)
+        created -= set(row.links)
         assert created == set(), created
 
 
@@ -305,8 +390,9 @@ def test_runmaker_file_replaced_under_a_worker(tmp_path: Path, procs: Procs) -> 
 @pytest.mark.parametrize("cut", [12, 13], ids=["keeps-the-running-line", "cuts-the-running-line"])
 def test_runmaker_file_truncated_under_a_worker(tmp_path: Path, procs: Procs, cut: int) -> None:
     """A file truncated in place while a job runs (SPEC: never done) is like a
-    replaced one: no more claims, one line, exit 1, and the file never grows
-    again from the worker's writes (not even by the running job's state)."""
+    replaced one: no more claims, one line, exit 1, and once the worker knows
+    the file shrank it writes nothing into it (not even the running job's
+    final state, whose byte may now belong to other text)."""
     path = tmp_path / "runs.txt"
     # Still a sleep, not a gate: a job that ended at once after the
     # truncation could let the worker claim the cut line before it rereads
@@ -326,11 +412,7 @@ def test_runmaker_file_truncated_under_a_worker(tmp_path: Path, procs: Procs, cu
     assert b"Traceback" not in out + err
     assert len(err.decode().splitlines()) == 1 and "replaced or shrunk" in err.decode(), err
     after = path.read_bytes()
-    assert len(after) == cut
-    if running < cut:
-        assert after == b"d" + kept[1:]  # the running job's byte was still there
-    else:
-        assert after == kept
+    assert after == kept
     assert b"second" not in out and b"third" not in out
 
 

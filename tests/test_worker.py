@@ -437,7 +437,7 @@ def test_a_killed_workers_job_is_lost_then_error_then_rerun(tmp_path, procs):
         wait_exit(worker)
         assert job_state_and_lock(path, 2) == ("r", False)  # lost: r, unlocked
     finally:
-        kill_group(pgid)  # SIGKILL left the job's group running
+        kill_group(pgid)  # if the worker's guardian has not killed it yet
     wait_for(lambda: group_gone(pgid), what="the job's group to go")
 
     other = run("runmaker", "runs.txt", cwd=tmp_path)
