@@ -16,6 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from runmaker import JobFile  # noqa: E402 (importable only once ROOT is on the path)
+
 PYTHON = sys.executable
 
 
@@ -198,3 +200,26 @@ def run(name: str, *args: str, cwd: Path | None = None, input: bytes | None = No
         command(name) + list(args), cwd=cwd, input=input, capture_output=True,
         timeout=timeout, env=env, stdin=None if input is not None else subprocess.DEVNULL,
     )
+
+
+class Opened:
+    """A JobFile with its warnings collected, closed by the ``opened`` fixture."""
+
+    def __init__(self) -> None:
+        self.files: list[JobFile] = []
+        self.warnings: list[str] = []
+
+    def __call__(self, path: Path, *, writable: bool = False) -> JobFile:
+        jobfile = JobFile(str(path), writable=writable, warn=self.warnings.append)
+        self.files.append(jobfile)
+        return jobfile
+
+
+@pytest.fixture
+def opened():
+    o = Opened()
+    try:
+        yield o
+    finally:
+        for jobfile in o.files:
+            jobfile.close()

@@ -10,29 +10,6 @@ import pytest
 from runmaker import JobFile, RunmakerError, check_file_locking
 
 
-class Opened:
-    """A JobFile with its warnings collected, closed by the fixture."""
-
-    def __init__(self) -> None:
-        self.files: list[JobFile] = []
-        self.warnings: list[str] = []
-
-    def __call__(self, path: Path, *, writable: bool = False) -> JobFile:
-        jobfile = JobFile(str(path), writable=writable, warn=self.warnings.append)
-        self.files.append(jobfile)
-        return jobfile
-
-
-@pytest.fixture
-def opened():
-    o = Opened()
-    try:
-        yield o
-    finally:
-        for jobfile in o.files:
-            jobfile.close()
-
-
 def jobs(jobfile: JobFile) -> list[tuple[int, bytes]]:
     """(line number, command) of every indexed job."""
     return [(jobfile.lines[i], jobfile.command(i)) for i in range(len(jobfile.offsets))]

@@ -11,29 +11,6 @@ import pytest
 from runmaker import IdleReason, JobFile, Scheduler
 
 
-class Opened:
-    """A JobFile with its warnings collected, closed by the fixture."""
-
-    def __init__(self) -> None:
-        self.files: list[JobFile] = []
-        self.warnings: list[str] = []
-
-    def __call__(self, path: Path, *, writable: bool = False) -> JobFile:
-        jobfile = JobFile(str(path), writable=writable, warn=self.warnings.append)
-        self.files.append(jobfile)
-        return jobfile
-
-
-@pytest.fixture
-def opened():
-    o = Opened()
-    try:
-        yield o
-    finally:
-        for jobfile in o.files:
-            jobfile.close()
-
-
 @pytest.mark.timeout(10)
 def test_scheduler_claims_high_priority_first_then_file_order(tmp_path, opened):
     path = tmp_path / "runs.txt"

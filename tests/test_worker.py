@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import alive, read_int, run, states, wait_exit, wait_for, write_jobs
+from conftest import alive, group_running, read_int, run, states, wait_exit, wait_for, write_jobs
 from runmaker import JobFile, _is_locked_elsewhere, __version__, host_name
 
 HOST = re.escape(host_name())
@@ -43,17 +43,7 @@ def match_console(out: bytes, *expected: str) -> list[str]:
 
 
 def group_gone(pgid: int) -> bool:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            return False
-    return True
+    return not group_running(pgid)
 
 
 def kill_group(pgid: int) -> None:
