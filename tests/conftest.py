@@ -97,7 +97,7 @@ def write_jobs(path: Path, commands: list[str], state: str = ".") -> Path:
     return path
 
 
-def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
     """Wait until ``proc`` ends, reading its pipes meanwhile; return its exit status.
 
     A process writing into a pipe nobody reads would stall; so this reads
@@ -223,3 +223,38 @@ def opened():
     finally:
         for jobfile in o.files:
             jobfile.close()
+
+
+def write_file(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def timed_job(seconds: float) -> str:
+    """A job that logs its start and end (line, wall clock ns) to ./events."""
+    return (f'echo "s $RUNMAKER_LINE $(date +%s%N)" >> events; sleep {seconds}; '
+            f'echo "e $RUNMAKER_LINE $(date +%s%N)" >> events')
+
+
+def gated_job(name: str, then: str = "") -> str:
+    """A job that touches NAME.started, runs until NAME.go exists, then runs ``then``."""
+    return f"touch {name}.started; while [ ! -e {name}.go ]; do sleep 0.02; done{then}"
+
+
+def holds_for(predicate: Callable[[], object], seconds: float, what: str) -> None:
+    """Assert ``predicate`` stays true for ``seconds`` (a negative check needs a window)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), f"{what} stopped holding"
+        time.sleep(0.02)
+    assert predicate(), f"{what} stopped holding"
+
+
+def kill_group(pgid: int | None) -> None:
+    """SIGKILL a job's process group if it is still there (cleanup in finally)."""
+    if pgid is None:
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

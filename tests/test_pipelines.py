@@ -24,7 +24,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Procs, alive, read_int, run, states, wait_for
+from conftest import (
+    ROOT, Procs, alive, gated_job, holds_for, kill_group, read_int, run, states, timed_job, wait_exit,
+    wait_for, write_file,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,17 +37,6 @@ KILLED = re.compile(r'^status \([^,]+,\d+\): killed "(.*)"$', re.MULTILINE)
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
-
-
-def timed_job(seconds: float) -> str:
-    """A job that logs its start and end (line, wall clock ns) to ./events."""
-    return (f'echo "s $RUNMAKER_LINE $(date +%s%N)" >> events; sleep {seconds}; '
-            f'echo "e $RUNMAKER_LINE $(date +%s%N)" >> events')
-
-
-def gated_job(name: str, then: str = "") -> str:
-    """A job that touches NAME.started, runs until NAME.go exists, then runs ``then``."""
-    return f"touch {name}.started; while [ ! -e {name}.go ]; do sleep 0.02; done{then}"
 
 
 def long_job(name: str) -> str:
@@ -63,35 +55,6 @@ def spans(tmp_path: Path) -> dict[int, tuple[float, float]]:
         else:
             out[int(line)] = (starts[int(line)], int(ns) / 1e9)
     return out
-
-
-def write_file(path: Path, lines: list[str]) -> Path:
-    path.write_text("".join(line + "\n" for line in lines))
-    return path
-
-
-def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
-    proc.communicate(timeout=timeout)
-    return proc.returncode
-
-
-def holds_for(predicate, seconds: float, what: str) -> None:
-    """Assert ``predicate`` stays true for ``seconds`` (a negative check needs a window)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert predicate(), f"{what} stopped holding"
-        time.sleep(0.02)
-    assert predicate(), f"{what} stopped holding"
-
-
-def kill_group(pgid: int | None) -> None:
-    """SIGKILL a job's process group if it is still there (cleanup in finally)."""
-    if pgid is None:
-        return
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def ran(tmp_path: Path) -> list[str]:

@@ -6,22 +6,12 @@ processes; the speed figures themselves are benchmarks/scale.py's."""
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import run, states, wait_for
+from conftest import holds_for, run, states, wait_for
 from runmaker import JobFile, Scheduler
-
-
-def holds_for(predicate, seconds: float, what: str) -> None:
-    """Assert ``predicate`` stays true for ``seconds`` (a negative check needs a window)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert predicate(), f"{what} stopped holding"
-        time.sleep(0.02)
-    assert predicate(), f"{what} stopped holding"
 
 
 def finished_file(path: Path, count: int, *, middle: str, tail: list[str] = ()) -> int:

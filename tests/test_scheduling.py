@@ -19,23 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, read_int, run, states, wait_exit, wait_for
+from conftest import ROOT, gated_job, holds_for, read_int, run, states, timed_job, wait_exit, wait_for, write_file
 from runmaker import append_to_shared_file
 
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
-
-
-def timed_job(seconds: float) -> str:
-    """A job that logs its start and end (line, wall clock ns) to ./events."""
-    return (f'echo "s $RUNMAKER_LINE $(date +%s%N)" >> events; sleep {seconds}; '
-            f'echo "e $RUNMAKER_LINE $(date +%s%N)" >> events')
-
-
-def gated_job(name: str) -> str:
-    """A job that touches NAME.started, then runs until the file NAME.go exists."""
-    return f"touch {name}.started; while [ ! -e {name}.go ]; do sleep 0.02; done"
 
 
 def events(tmp_path: Path) -> list[tuple[float, str, int]]:
@@ -91,20 +80,6 @@ def append_directive(path: Path, text: str) -> float:
     finally:
         os.close(fd)
     return time.time()
-
-
-def holds_for(predicate, seconds: float, what: str) -> None:
-    """Assert ``predicate`` stays true for ``seconds`` (a negative check needs a window)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert predicate(), f"{what} stopped holding"
-        time.sleep(0.02)
-    assert predicate(), f"{what} stopped holding"
-
-
-def write_file(path: Path, lines: list[str]) -> Path:
-    path.write_text("".join(line + "\n" for line in lines))
-    return path
 
 
 # --------------------------------------------------------------------------

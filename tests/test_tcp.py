@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Procs, command, group_running, run, states, wait_exit, wait_for, write_jobs
+from conftest import Procs, command, group_running, kill_group, run, states, wait_exit, wait_for, write_jobs
 from runmaker_tcp import _Channel, _PeerError, _proof
 
 # Deadlines of the protocol (runmaker_tcp.TcpTimings), shortened so that the
@@ -114,11 +114,6 @@ def group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def kill_group(pgid: int | None) -> None:
-    if pgid is not None and group_alive(pgid):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def free_port() -> int:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from conftest import Procs, states, wait_exit, wait_for, write_jobs
-from test_tcp import FAST, Tcp, free_port, group_alive, kill_group
+from conftest import Procs, kill_group, states, wait_exit, wait_for, write_jobs
+from test_tcp import FAST, Tcp, free_port, group_alive
 from test_worker import blocked_writing_stdout
 
 from runmaker import append_to_shared_file

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import alive, group_running, read_int, run, states, wait_exit, wait_for, write_jobs
+from conftest import alive, group_running, kill_group, read_int, run, states, wait_exit, wait_for, write_jobs
 from runmaker import JobFile, _is_locked_elsewhere, __version__, host_name
 
 HOST = re.escape(host_name())
@@ -44,13 +44,6 @@ def match_console(out: bytes, *expected: str) -> list[str]:
 
 def group_gone(pgid: int) -> bool:
     return not group_running(pgid)
-
-
-def kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 # --------------------------------------------------------------------------
