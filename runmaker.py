@@ -139,6 +139,7 @@ _MAX_LINE = 1 << 20  # a longer output line is cut into pieces of this size
 _CONSOLE_BEHIND = 1 << 18  # console bytes not yet written before the jobs' pipes wait
 _READ_CHUNK = 1 << 16
 _INDEX_CHUNK = 1 << 18  # bytes of the job file split into lines at once (its lines cost ~5x)
+_WAIT_NOTICE_AFTER = 1.0  # seconds of waiting for a lock before saying so
 _REFRESH_GAP = 0.1  # seconds between looks for appended lines while busy
 _POLL = 0.5  # seconds between looks while waiting for a cap, barrier or work
 # A worker's rescans of the unfinished part of the file: at most these many
@@ -336,16 +337,16 @@ def append_to_shared_file(
     the first piece take effect before the jobs of the next.
 
     Waits for the lock at most ``patience`` seconds (None: as long as it
-    takes), calling ``waiting`` once if it has to wait at all.  Raises
-    OSError (the file is as it was), or TimeoutError if the lock stayed held.
+    takes), calling ``waiting`` once if the wait lasts _WAIT_NOTICE_AFTER
+    seconds (appenders and workers take turns for milliseconds all the time;
+    that is no news).  Raises OSError (the file is as it was), or
+    TimeoutError if the lock stayed held.
     """
     if not _lock_byte(fd, APPEND_BYTE, exclusive=True, wait=False):
-        if waiting is not None:
-            waiting()
-        if patience is None:
+        if patience is None and waiting is None:
             _lock_byte(fd, APPEND_BYTE, exclusive=True, wait=True)
         else:
-            _lock_byte_within(fd, APPEND_BYTE, patience)
+            _lock_byte_within(fd, APPEND_BYTE, patience, waiting)
     try:
         size = os.fstat(fd).st_size
         prefix = header if size == 0 else b""
@@ -373,20 +374,27 @@ def append_to_shared_file(
     return start
 
 
-def _lock_byte_within(fd: int, offset: int, patience: float) -> None:
-    """Take an exclusive lock, trying for at most ``patience`` seconds.
+def _lock_byte_within(
+    fd: int, offset: int, patience: float | None, waiting: Callable[[], None] | None = None
+) -> None:
+    """Take an exclusive lock, trying for at most ``patience`` seconds (None: no limit).
 
     A blocking lock request cannot be given a deadline; a user who may only
     read a file can still hold a shared lock on it for as long as they like.
+    Calls ``waiting`` once when _WAIT_NOTICE_AFTER seconds have gone by.
     Raises TimeoutError.
     """
-    deadline = time.monotonic() + patience
+    begun = time.monotonic()
     pause = 0.01
     while not _lock_byte(fd, offset, exclusive=True, wait=False):
-        if time.monotonic() >= deadline:
+        waited = time.monotonic() - begun
+        if patience is not None and waited >= patience:
             raise TimeoutError
+        if waiting is not None and waited >= _WAIT_NOTICE_AFTER:
+            waiting()
+            waiting = None
         time.sleep(pause)
-        pause = min(pause * 2, 0.2)
+        pause = min(pause * 2, 0.05)  # readers take turns often: look often
 
 
 # --------------------------------------------------------------------------
