@@ -198,15 +198,15 @@ def job_file_failed(path: str, exc: OSError) -> RunmakerFailure:
 
     EIO, EROFS, ENOSPC: the caller has stopped its running jobs and writes
     nothing more into the file; the user sees this one line and exit status
-    1.  EIO from an NFS job file means the server dropped this host's locks
-    (its lease ran out while the host was cut off): other hosts may already
-    see its jobs lost.
+    1.  EIO is a failed disk, or, from an NFS job file, the server saying it
+    dropped this host's locks (its lease ran out while the host was cut
+    off): other hosts may already see its jobs lost.
     """
     if exc.errno == errno.EIO:
         return RunmakerFailure(
-            f"{path}: input/output error (EIO) on the job file: its locks are gone (an NFS server "
-            "drops them when this host was silent past its lease); running jobs killed, "
-            "nothing more written"
+            f"{path}: input/output error (EIO) on the job file: a failed disk, or on NFS its locks "
+            "are gone (the server drops them when this host was silent past its lease); "
+            "running jobs killed, nothing more written"
         )
     why = exc.strerror or str(exc)
     return RunmakerFailure(
@@ -3037,11 +3037,14 @@ class Worker:
             self.source.commit()
             deferred, self._deferred = self._deferred, []
             for claim, attempt, local_slot in deferred:
-                self._start(claim, attempt, local_slot)
+                if self._may_claim():
+                    self._start(claim, attempt, local_slot)
+                else:  # draining: a job that never started is not begun now
+                    self._finish(claim, claim.was, local_slot)
             for claim in claims:
                 self._start(claim, 1, self._free_slots.pop(0))
             self._flush_console()
-            if not self._running and not claims:
+            if not self._running and not claims and not self._deferred:
                 if not self._may_claim():
                     return
                 reason = self.source.idle_reason
@@ -3050,7 +3053,9 @@ class Worker:
                         for cause in self.source.describe_block().splitlines():
                             self.notify("runmaker: " + cause)
                     return
-            timeout = self._next_timeout(now, waiting=self._may_claim() or bool(self._running))
+            timeout = self._next_timeout(
+                now, waiting=self._may_claim() or bool(self._running) or bool(self._deferred)
+            )
             for fd, _ in self._poller.poll(None if timeout is None else timeout * 1000):
                 if fd in (wake_r, self._room_r):
                     _drain_wakeup(fd)
@@ -3209,11 +3214,18 @@ class Worker:
         except (OSError, ValueError) as exc:
             for fd in files or ():
                 os.close(fd)
-            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE) and self._running:
-                # Out of descriptors: start it once another job has ended
-                # (the claim and its local slot stay held meanwhile).
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of descriptors: start it later, once a job has ended or
+                # the limit was raised (the claim and its local slot stay
+                # held meanwhile; a worker that stops first puts it back).
                 if not self.options.quiet:
                     self._console_parts.pop()  # its "executing" line, said again then
+                soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+                self.records.tell_once(
+                    "descriptors",
+                    f"runmaker: out of file descriptors ({exc.strerror}; ulimit -n is {soft}): "
+                    "claimed jobs wait to start until some are free",
+                )
                 self._deferred.append((claim, attempt, local_slot))
                 return
             reason = getattr(exc, "strerror", None) or str(exc)

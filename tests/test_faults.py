@@ -11,6 +11,7 @@ useradd) skip with the reason when not run as root.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import pwd
 import re
@@ -20,6 +21,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,7 @@ from conftest import (
     Procs,
     alive,
     command,
+    holds_for,
     read_int,
     run,
     states,
@@ -727,6 +730,59 @@ def test_jobs_beyond_the_open_file_limit_are_a_usage_error(tmp_path: Path) -> No
     assert states(path) == "d" * 20
 
 
+def _starve_of_descriptors(tmp_path: Path, procs: Procs) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """A worker (-j2) running a job that waits for ``go``, whose open-file
+    limit is then lowered under it (prlimit) to its lowest free descriptor
+    number, so that it can open no new descriptor (those it has stay; a
+    job's start needs more than the first job frees when it ends), and a job
+    appended to it: the second job is claimed and waits.  Returns the worker,
+    the job file and the old limit."""
+    path = write_jobs(tmp_path / "runs.txt", ["while [ ! -e go ]; do sleep 0.01; done"])
+    worker = procs.start("runmaker", "-q", "-j2", "runs.txt", cwd=tmp_path)
+    wait_for(lambda: states(path) == "r", what="the first job to run")
+    open_fds = {int(fd) for fd in os.listdir(f"/proc/{worker.pid}/fd")}
+    lowest_free = min(set(range(len(open_fds) + 1)) - open_fds)
+    old, hard = resource.prlimit(worker.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(worker.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
+    added = run("runset", "runs.txt", "--add", "echo ran >> second", cwd=tmp_path)
+    assert added.returncode == 0, added.stderr
+    wait_for(lambda: states(path) == "rr", what="the second job to be claimed")
+    holds_for(lambda: not (tmp_path / "second").exists() and worker.poll() is None, 1.0,
+              what="the second job waiting, the worker alive")
+    return worker, path, old
+
+
+def test_out_of_descriptors_at_run_time_a_job_starts_later(tmp_path: Path, procs: Procs) -> None:
+    """Out of descriptors (EMFILE), a claimed job is not marked failed: it
+    waits, with one notice, and starts once the limit is raised again."""
+    worker, path, old = _starve_of_descriptors(tmp_path, procs)
+    resource.prlimit(worker.pid, resource.RLIMIT_NOFILE, (old, resource.prlimit(worker.pid, resource.RLIMIT_NOFILE)[1]))
+    wait_for(lambda: (tmp_path / "second").exists(), what="the second job to start")
+    (tmp_path / "go").touch()
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    assert states(path) == "dd"
+    assert (tmp_path / "second").read_text() == "ran\n"
+    [said] = stderr_lines(err)
+    assert re.fullmatch(r"runmaker: out of file descriptors \(Too many open files; ulimit -n is \d+\): "
+                        r"claimed jobs wait to start until some are free", said), said
+
+
+def test_a_job_waiting_for_descriptors_goes_back_when_the_worker_stops(tmp_path: Path, procs: Procs) -> None:
+    """A claimed job still waiting for descriptors when the worker is told to
+    stop, with nothing else running, never starts: it goes back to ``.``."""
+    worker, path, _ = _starve_of_descriptors(tmp_path, procs)
+    (tmp_path / "go").touch()
+    wait_for(lambda: states(path) == "dr", what="the first job to end")
+    holds_for(lambda: states(path) == "dr" and worker.poll() is None, 1.0,
+              what="the second job waiting with nothing running")
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 130, err  # stopped by a signal (SPEC 6)
+    assert states(path) == "d."
+    assert not (tmp_path / "second").exists()
+
+
 # --------------------------------------------------------------------------
 # 6. A file shrunk under a worker is never written again
 # --------------------------------------------------------------------------
@@ -784,9 +840,29 @@ def ext4_image(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
 
 
-def test_a_read_only_remount_ends_the_worker_with_its_jobs_stopped(tmp_path: Path, procs: Procs) -> None:
-    """The job file's file system turns read-only (EROFS) under a worker: it
-    stops its other running job, prints one Error: line and exits 1."""
+EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32): every later I/O on the file system fails with EIO
+EXT4_GOING_FLAGS_NOLOGFLUSH = 2
+
+
+def shut_down(mnt: Path) -> None:
+    """Make every later read and write on the ext4 file system at ``mnt`` fail
+    with EIO, as a dying disk does (the ioctl behind xfstests' godown)."""
+    fd = os.open(mnt, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", EXT4_GOING_FLAGS_NOLOGFLUSH))
+    except OSError as exc:
+        pytest.skip(f"cannot shut the ext4 file system down: {exc.strerror}")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("how", ["read-only", "EIO"])
+def test_a_failing_file_system_ends_the_worker_with_its_jobs_stopped(
+    tmp_path: Path, procs: Procs, how: str
+) -> None:
+    """The job file's file system turns read-only (EROFS) or fails every I/O
+    (EIO) under a worker: it stops its other running job, prints one Error:
+    line and exits 1."""
     with ext4_image(tmp_path) as (mnt, trigger):
         path = write_jobs(mnt / "runs.txt", [
             f"touch {tmp_path}/started; while [ ! -e {tmp_path}/go ]; do sleep 0.01; done",
@@ -798,15 +874,43 @@ def test_a_read_only_remount_ends_the_worker_with_its_jobs_stopped(tmp_path: Pat
         assert isinstance(second, int)
         try:
             wait_for(lambda: (tmp_path / "started").exists(), what="the first job")
-            trigger.write_text("runmaker test\n")
+            if how == "EIO":
+                shut_down(mnt)
+            else:
+                trigger.write_text("runmaker test\n")
             (tmp_path / "go").touch()
             out, err = worker.communicate(timeout=30)
             assert worker.returncode == 1
-            one_error(err, r"Error: \S*runs\.txt: .*Read-only file system.*")
+            said = "Read-only file system" if how == "read-only" else r"input/output error \(EIO\)"
+            one_error(err, rf"Error: \S*runs\.txt: .*{said}.*")
             wait_for(lambda: not alive(second), timeout=5, what="the second job to be stopped")
             assert b"never" not in out
         finally:
             kill_all([second])
+
+
+def test_a_job_file_on_a_full_disk_ends_the_worker_with_its_jobs_stopped(tmp_path: Path, procs: Procs) -> None:
+    """The job file's disk has no room left under it (an ext4 image whose
+    backing tmpfs is full, so its writes come back ENOSPC): the worker stops
+    its running jobs, prints one Error: line and exits 1; no later job runs."""
+    need_root("mount a tmpfs and an ext4 image")
+    jobs = [f"echo $$ > {tmp_path}/pid{n}; sleep 1" for n in (1, 2, 3, 4)] + ["echo never"]
+    with tmpfs(tmp_path / "store", "24m") as store, ext4_image(store) as (mnt, _):
+        fill(store, 0)  # the image is sparse: every block the job file gets now has no room behind it
+        path = write_jobs(mnt / "runs.txt", jobs)
+        worker = procs.start("runmaker", "-q", "-j2", str(path), cwd=tmp_path)
+        out, err = worker.communicate(timeout=60)
+        pids = [read_int(tmp_path / f"pid{n}") for n in (1, 2, 3, 4)]
+        try:
+            assert worker.returncode == 1, err
+            one_error(err, r"Error: \S*runs\.txt: the file system failed under this worker "
+                           r"\(No space left on device\); its running jobs were stopped")
+            for pid in pids:
+                if pid:
+                    wait_for(lambda: not alive(pid), timeout=5, what=f"job process {pid} to be stopped")
+            assert b"never" not in out
+        finally:
+            kill_all(pids)
 
 
 # --------------------------------------------------------------------------
