@@ -425,6 +425,12 @@ def _lock_byte_within(
 _COMMAND_SKIP = 2  # from a job's state byte to its command
 
 
+# Job-lock attempts of this process and how many were refused, for the
+# benchmark of lock attempts per claimed job (benchmarks/scale.py): a worker
+# appends them to the file named by RUNMAKER_LOCK_COUNTS when it ends.
+_job_lock_counts = [0, 0]
+
+
 def _lock_and_reread_job(fd: int, offset: int, *, exclusive: bool = True) -> bytes | None:
     """Rule 1: lock the state byte at ``offset`` without waiting and reread it.
 
@@ -433,7 +439,9 @@ def _lock_and_reread_job(fd: int, offset: int, *, exclusive: bool = True) -> byt
     returned (``b""`` if the file now ends before it); the caller decides,
     and releases with _release_job_locks (or keeps a claim's lock).
     """
+    _job_lock_counts[0] += 1
     if not _lock_byte(fd, offset, exclusive=exclusive, wait=False):
+        _job_lock_counts[1] += 1
         return None
     try:
         return os.pread(fd, 1, offset)
@@ -1459,9 +1467,9 @@ class Scheduler:
         """
         now = time.monotonic()
         fresh = False
+        acted = self._acted_since_rescan
         if now - self._last_rescan >= self._rescan_gap():
-            # A worker that just ran out of work probes for lost jobs before it may end.
-            self.rescan(whole=False, probe=idle and self._acted_since_rescan)
+            self.rescan(whole=False)
             fresh = True
         elif now - self._last_refresh >= _REFRESH_GAP / 2:
             # Half the gap: a caller that looks every _REFRESH_GAP reads at each look.
@@ -1471,7 +1479,10 @@ class Scheduler:
         if self.jobfile.max_running is not None:
             self._adopt_slots()
         claims = self._claim_from_queues(count)
-        if len(claims) < count and not fresh and idle and self._acted_since_rescan:
+        if len(claims) < count and idle and acted:
+            # Out of work (not just between two jobs, as a -j1 worker always
+            # is): probe for lost jobs before it may end.  Each probe of a
+            # job running elsewhere is a refused lock, on NFS a round trip.
             self.rescan(whole=False, probe=True)
             fresh = True
             claims += self._claim_from_queues(count - len(claims))
@@ -1660,7 +1671,8 @@ class Scheduler:
             if not queue:
                 continue
             first = queue[0]
-            last = queue[min(len(queue) - 1, 2 * count + _PEEK_EXTRA)] + 1
+            # Every job a spread pick (_SPREAD) may try is looked at too.
+            last = queue[min(len(queue) - 1, max(2 * count + _PEEK_EXTRA, _SPREAD))] + 1
             last = min(last, bisect.bisect_right(self.jobfile.offsets,
                                                  self.jobfile.offsets[first] + _PEEK_BYTES))
             fresh = self.jobfile.states_between(first, last)
@@ -4494,6 +4506,14 @@ def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> None:
             )
 
 
+def _save_job_lock_counts() -> None:
+    """Append "ATTEMPTS REFUSED" to the file RUNMAKER_LOCK_COUNTS names, if any."""
+    where = os.environ.get("RUNMAKER_LOCK_COUNTS")
+    if where:
+        with contextlib.suppress(OSError), open(where, "a") as f:
+            f.write(f"{_job_lock_counts[0]} {_job_lock_counts[1]}\n")
+
+
 def run_worker(
     path: str,
     options: WorkerOptions,
@@ -4532,6 +4552,7 @@ def run_worker(
             records.close()
     finally:
         jobfile.close()
+        _save_job_lock_counts()
 
 
 def _run_scheduled(

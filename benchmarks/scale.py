@@ -17,10 +17,8 @@ the checkout's commands, each beside its target:
 * dispatch: 2,000 ``true N`` at ``-j2`` against ``xargs -P2`` (<= 1.1x);
 * 16 workers of ``-j1`` on one file of 5,000 trivial jobs: wall against
   ``xargs -P16`` (<= 1.3x), and job-lock attempts per claimed job (<= 2),
-  counted with ``strace -f --seccomp-bpf -e trace=fcntl`` in a separate run
-  (the row is skipped when strace is missing).  strace stops a worker at
-  every fcntl, also between winning a job's lock and writing its ``r``,
-  while other workers still read ``.`` there: the count is an upper bound.
+  counted by the workers themselves in a separate run: each appends its
+  attempts and refusals to the file RUNMAKER_LOCK_COUNTS names as it ends.
 
 Bytes read are ``rchar`` of ``/proc/PID/io``: every byte the process's
 read/pread calls returned, page cache or not (``read_bytes`` counts only
@@ -66,7 +64,6 @@ from _benchlib import (
     run_process,
     runmaker_argv,
     scratch_dir,
-    skipped_row,
     states_of,
 )
 from dispatch import measure_dispatch
@@ -266,7 +263,8 @@ def write_lines(path: Path, count: int, line: Callable[[int], bytes],
     """Write ``head``, ``count`` lines ``line(i)``, then ``tail``; return the size."""
     with open(path, "wb") as f:
         f.writelines(head)
-        f.writelines(b"".join([line(i) for i in range(start, min(count, start + _CHUNK))]) for start in range(0, count, _CHUNK))
+        f.writelines(b"".join([line(i) for i in range(start, min(count, start + _CHUNK))])
+                     for start in range(0, count, _CHUNK))
         f.writelines(tail)
     return path.stat().st_size
 
@@ -457,26 +455,6 @@ def measure_runset(sizes: Sizes, reps: int) -> list[Row]:
     return rows
 
 
-def _strace_lock_counts(trace_files: Sequence[Path]) -> tuple[int, int, int]:
-    """(job-lock attempts, of them refused, every lock request) in strace's output."""
-    attempts = refused = every = 0
-    for trace in trace_files:
-        with open(trace, "rb") as f:
-            for line in f:
-                if b"F_SETLK" not in line or b"F_UNLCK" in line:
-                    continue
-                every += 1
-                start = line.find(b"l_start=")
-                if start < 0:
-                    continue
-                value = line[start + 8:].split(b",", 1)[0]
-                if value.isdigit() and int(value) < 2**40 - 1:
-                    attempts += 1
-                    if b"= -1 E" in line:
-                        refused += 1
-    return attempts, refused, every
-
-
 def _start_workers(tmp: Path, job_file: Path, workers: int,
                    wrap: Callable[[int], list[str]] = lambda k: []) -> list[Live]:
     return [Live([*wrap(k), *runmaker_argv("-j1", "-q", job_file)], cwd=tmp) for k in range(workers)]
@@ -518,24 +496,25 @@ def measure_contention(sizes: Sizes, reps: int) -> list[Row]:
         except BenchmarkFailed as exc:
             rows.append(failed_row(f"{label}: wall", "<= 1.3x", exc))
 
-        count_label = f"{label}: job-lock attempts per claimed job (strace -f -e trace=fcntl)"
-        strace = shutil.which("strace")
-        if strace is None:
-            rows.append(skipped_row(count_label, "strace is not installed "
-                                    "(apt-get install strace): not counted"))
-            return rows
-        traces = [tmp / f"trace.{k}" for k in range(workers)]
+        count_label = f"{label}: job-lock attempts per claimed job (the workers' own count)"
+        counts = tmp / "lock-counts.txt"
+        os.environ["RUNMAKER_LOCK_COUNTS"] = str(counts)
         try:
-            seconds = run_workers(lambda k: [strace, "-f", "--seccomp-bpf", "-qq", "-e", "trace=fcntl",
-                                             "-o", str(traces[k])])
+            seconds = run_workers()
         except BenchmarkFailed as exc:
             rows.append(failed_row(count_label, "<= 2", exc))
             return rows
-        attempts, refused, every = _strace_lock_counts(traces)
+        finally:
+            del os.environ["RUNMAKER_LOCK_COUNTS"]
+        attempts = refused = 0
+        for line in counts.read_text().splitlines():
+            tried, lost = map(int, line.split())
+            attempts, refused = attempts + tried, refused + lost
         per_job = attempts / jobs
         rows.append(Row(count_label, f"{per_job:.2f} ({attempts:,} for {jobs:,} jobs)",
-                        f"{refused:,} refused; {every / jobs:.2f} lock requests of any kind a job; "
-                        f"{seconds:.1f} s under strace", f"{per_job:.2f}", "<= 2", per_job <= 2))
+                        f"{refused:,} refused (held by another worker); claims, rechecks and "
+                        f"probes for lost jobs all count; {seconds:.1f} s",
+                        f"{per_job:.2f}", "<= 2", per_job <= 2))
     return rows
 
 
