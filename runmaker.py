@@ -128,6 +128,8 @@ _HIGH_QUEUE = re.compile(rb"\+")
 _NOT_STATE = b"#/ \t\r\n\x0b\x0c"
 _SEPARATORS = b" \t"
 _TRAILING_SPACE = b" \t\r\x0b\x0c"
+_json_string = json.encoder.encode_basestring_ascii  # json.dumps of a str, in C
+_JSON_STATES = [_json_string(bytes([byte]).decode("utf-8", "replace")) for byte in range(256)]
 _FINISHED = re.compile(rb"[d\-]*")
 _NOT_DONE_YET = re.compile(rb"[^d\-.+r]")  # neither finished, nor pending, nor running
 _NORMAL_QUEUE = re.compile(rb"\.")
@@ -3569,20 +3571,20 @@ def list_jobs(
             for start in range(0, len(chosen), _LIST_CHUNK):
                 part = chosen[start : start + _LIST_CHUNK]
                 if as_json:
-                    yield "".join(
-                        json.dumps(
-                            {
-                                "line": lines[i],
-                                "state": _shown(states[i : i + 1]),
-                                "command": _shown(data[offsets[i] + skip : ends[i]]),
-                                "lost": i in lost,
-                                "parent": _line_or_none(lines, jobfile.parent_of(i)),
-                                "blocked_by": _line_or_none(lines, blocked.get(i, -1)),
-                            }
+                    # What json.dumps gives for each job's dict, written out:
+                    # only the command goes through the (C) string encoder.
+                    yield "".join([
+                        '{"line": %d, "state": %s, "command": %s, "lost": %s, '
+                        '"parent": %s, "blocked_by": %s}\n' % (
+                            lines[i],
+                            _JSON_STATES[states[i]],
+                            _json_string(_shown(data[offsets[i] + skip : ends[i]])),
+                            "true" if i in lost else "false",
+                            _json_line(lines, jobfile.parent_of(i)),
+                            _json_line(lines, blocked.get(i, -1)),
                         )
-                        + "\n"
                         for i in part
-                    )
+                    ])
                 else:
                     # Formatted as bytes and decoded once per piece: a million
                     # lines in about a second.
@@ -4323,8 +4325,9 @@ def _probe_running_jobs(jobfile: JobFile, states: bytearray, chosen: Sequence[in
     return lost
 
 
-def _line_or_none(lines: array.array[int], index: int) -> int | None:
-    return lines[index] if index >= 0 else None
+def _json_line(lines: array.array[int], index: int) -> str:
+    """The line of job ``index`` as JSON: null for -1 (none)."""
+    return str(lines[index]) if index >= 0 else "null"
 
 
 def _blocking_failures(jobfile: JobFile, states: bytearray, lost: set[int]) -> dict[int, int]:
