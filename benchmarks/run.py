@@ -18,7 +18,8 @@ then the output of the other benchmark scripts, where they exist:
 ``cap.py`` (cap against no cap, <= 1.2x), ``runset_runwait.py`` (``runset
 -l`` on 1M jobs < 3 s, ``runwait`` CPU < 10%) and ``tcp.py`` (TCP against
 the shared file, <= 2x), ``scale.py`` (huge files and many workers: each
-row with its own target) and ``tree.py`` (an outline against flat, <= 1.2x).
+row with its own target), ``tree.py`` (an outline against flat, <= 1.2x)
+and ``guardian.py`` (a SIGKILLed worker's jobs gone within 1 s).
 
 Run from the repository root:
     python benchmarks/run.py [--quick] [--markdown]
@@ -71,6 +72,7 @@ OTHER_SCRIPTS = [
     ("tcp.py", "TCP mode against the shared file", "<= 2x"),
     ("scale.py", "cluster scale: huge files, many workers (issue 13)", "each row's own"),
     ("tree.py", "outline of 10,000 4-step trees against flat", "<= 1.2x"),
+    ("guardian.py", "a SIGKILLed worker's jobs gone", "<= 1 s"),
 ]
 _OTHER_TIMEOUT = {True: 600, False: 3600}  # seconds, by --quick
 
