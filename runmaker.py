@@ -851,6 +851,7 @@ class JobFile:
             self.shrunk = True
             return len(self.offsets), b""
         if size == self.size and not self._tail:
+            self._read_before = True
             return len(self.offsets), b""
         first_new = -1
         parts = []
@@ -869,6 +870,7 @@ class JobFile:
             parts.append(self.states_of(data, pos, first))
             pos += len(data)
             if final:
+                self._read_before = True  # a last line without newline seen later waits for it
                 return first_new, b"".join(parts)
             with _ReadingLock(self.fd):
                 data = os.pread(self.fd, min(size - pos, _INDEX_CHUNK), pos)
@@ -4477,7 +4479,7 @@ def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> None:
     Otherwise hands the held warnings to ``notify``.
     """
     with jobfile.warnings_held() as held:
-        data, _, _ = jobfile.read(whole=True)
+        _, states = jobfile.read_new_states()  # a piece at a time: never the whole file in memory
     path, lines = jobfile.path, jobfile.lines
     if not jobfile.offsets and jobfile.first_command_like is not None:
         line, raw = jobfile.first_command_like
@@ -4490,7 +4492,6 @@ def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> None:
         )
     for message in held:
         notify(message)
-    states = jobfile.states_of(data)
     claiming = states.find(b"?")
     if claiming >= 0:
         raise RunmakerError(
