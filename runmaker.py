@@ -2560,11 +2560,19 @@ class _JobProcess:
 # inherits it).  The worker writes "+PGID" as it starts a job and "-PGID"
 # once it has reaped it; when the pipe reaches end of file -- the worker has
 # exited, however it died -- the guardian SIGKILLs every group still listed.
+# A job the worker had spawned but not yet announced when it died (spawn
+# returns, the job's shell runs at once on another CPU, the "+PGID" follows
+# a fraction of a millisecond later) is found by its environment instead:
+# each job carries its worker's random token in RUNMAKER_WORKER_TOKEN.  The
+# guardian looks for it in /proc only when the worker died without saying
+# "end" (so a normal end never touches what its jobs left running), twice,
+# as such a job may still be inside its exec.
 _GUARDIAN = r"""
-import os, signal
+import os, signal, sys, time
 for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE):
     signal.signal(signum, signal.SIG_IGN)
-groups, rest = set(), b""
+mark = b"\0RUNMAKER_WORKER_TOKEN=" + sys.argv[1].encode() + b"\0"
+groups, rest, ended = set(), b"", False
 while True:
     try:
         data = os.read(0, 65536)
@@ -2578,18 +2586,35 @@ while True:
             groups.add(int(line[1:]))
         elif line[:1] == b"-":
             groups.discard(int(line[1:]))
-for group in groups:
+        elif line == b"end":
+            ended = True
+def kill(group):
     try:
         os.killpg(group, signal.SIGKILL)
     except OSError:
         pass
+for group in groups:
+    kill(group)
+for look in range(0 if ended else 2):
+    if look:
+        time.sleep(0.05)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/" + entry + "/environ", "rb") as f:
+                    environ = b"\0" + f.read()
+                if mark in environ:
+                    kill(os.getpgid(int(entry)))
+            except OSError:
+                pass
 """
 
 
 class _Guardian:
     """The worker's side of its guardian process (see _GUARDIAN)."""
 
-    def __init__(self, *, start: bool = True) -> None:
+    def __init__(self, token: str, *, start: bool = True) -> None:
+        self._token = token  # RUNMAKER_WORKER_TOKEN of the worker's jobs
         self._groups: set[int] = set()
         self._pending = b""
         self._fd: int | None = None
@@ -2609,6 +2634,7 @@ class _Guardian:
 
     def close(self) -> None:
         """Let the guardian go (it kills what is still listed) and reap it."""
+        self._send(b"end\n")  # no need to look for unannounced jobs
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -2626,7 +2652,7 @@ class _Guardian:
         try:
             self._pid = os.posix_spawn(
                 sys.executable,
-                [sys.executable, "-I", "-S", "-c", _GUARDIAN],
+                [sys.executable, "-I", "-S", "-c", _GUARDIAN, self._token],
                 {},
                 file_actions=[
                     (os.POSIX_SPAWN_DUP2, read_end, 0),
@@ -2963,7 +2989,7 @@ class Worker:
         self._room_r = -1  # readable once the console has room again
         self._running: dict[int, _JobProcess] = {}  # pid -> attempt
         self._deferred: list[tuple[Claim, int, int]] = []  # claimed, waiting for descriptors
-        self._guardian = _Guardian(start=False)  # started by run()
+        self._guardian = _Guardian("", start=False)  # started by run(), knowing the jobs' token
         self._free_slots = list(range(options.jobs))
         self._poller = select.poll()
         self._watched: dict[int, _JobProcess] = {}  # pipe fd -> its job
@@ -2980,6 +3006,7 @@ class Worker:
         env = dict(os.environ)
         env["RUNMAKER_FILE"] = options.job_file
         env["RUNMAKER_HOST"] = host
+        env["RUNMAKER_WORKER_TOKEN"] = os.urandom(8).hex()  # how its guardian knows its jobs
         self._env = env
         self._fence = _Fence(options.fence or 0.0, self._fence_jobs)
         if options.fence:
@@ -2993,7 +3020,7 @@ class Worker:
             self._poller.register(wake_r, select.POLLIN)
             if self.link is not None:
                 self._poller.register(self.link.fileno(), select.POLLIN)
-            self._guardian = _Guardian()
+            self._guardian = _Guardian(self._env["RUNMAKER_WORKER_TOKEN"])
             self._room_r, room_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._poller.register(self._room_r, select.POLLIN)
             self._output.on_room = lambda: _wake(room_w)

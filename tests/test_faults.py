@@ -571,6 +571,47 @@ def test_jobs_die_within_a_second_of_their_worker(tmp_path: Path, procs: Procs, 
     assert listed.stdout.decode().count("[lost]") == 2
 
 
+# A job whose child leaves its process group (and session) for one of its own.
+ESCAPE = 'setsid sleep 60 & echo $! > escaped; echo $$ > pid.1; wait'
+
+
+def test_a_killed_workers_unannounced_job_is_found_by_its_token(tmp_path: Path, procs: Procs) -> None:
+    """What the guardian never heard of (a job spawned just before the worker
+    died, or, as here, a process a job moved into a session of its own) is
+    found by the worker's RUNMAKER_WORKER_TOKEN in its environment and killed
+    once the worker is SIGKILLed."""
+    path = write_jobs(tmp_path / "runs.txt", [ESCAPE])
+    worker = procs.start("runmaker", "-q", "runs.txt", cwd=tmp_path)
+    job = wait_for(lambda: read_int(tmp_path / "pid.1"), what="the job")
+    escaped = wait_for(lambda: read_int(tmp_path / "escaped"), what="the escaped process")
+    assert isinstance(job, int) and isinstance(escaped, int)
+    try:
+        wait_for(lambda: os.getsid(escaped) == escaped, what="the process to have its own session")
+        assert os.getsid(job) == job != escaped
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        wait_for(lambda: pids_gone([job, escaped]), timeout=10.0, what="the job and what it moved away to go")
+    finally:
+        kill_all([job, escaped])
+    assert states(path) == "r"
+
+
+def test_a_worker_that_ends_normally_leaves_what_its_jobs_left(tmp_path: Path) -> None:
+    """The token is looked for only when the worker died: a worker that ends
+    normally kills nothing a job left running on purpose."""
+    path = write_jobs(tmp_path / "runs.txt", ["setsid sleep 60 & echo $! > escaped"])
+    escaped = None
+    try:
+        done = run("runmaker", "-q", "runs.txt", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        escaped = read_int(tmp_path / "escaped")
+        assert isinstance(escaped, int)
+        holds_for(lambda: alive(escaped), 0.5, what="the process the job left")
+    finally:
+        kill_all([escaped])
+    assert states(path) == "d"
+
+
 # A job that finds an earlier copy of itself still running (not a zombie
 # that init has yet to reap) records the overlap.
 OVERLAP = ('for p in $(cat pids.$RUNMAKER_LINE 2>/dev/null); do '
