@@ -2403,7 +2403,12 @@ class _JobProcess:
 
     def _spawn(self, command: bytes, env: dict[str, str]) -> int:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        except BaseException:  # EMFILE: the job waits, and must not keep half its pipes
+            os.close(out_r)
+            os.close(out_w)
+            raise
         try:
             pid = os.posix_spawn(
                 "/bin/sh",
@@ -2615,6 +2620,7 @@ class _Guardian:
 
     def __init__(self, token: str, *, start: bool = True) -> None:
         self._token = token  # RUNMAKER_WORKER_TOKEN of the worker's jobs
+        self._ended = False  # the worker ends normally: its guardian need not look for jobs
         self._groups: set[int] = set()
         self._pending = b""
         self._fd: int | None = None
@@ -2632,9 +2638,21 @@ class _Guardian:
         self._groups.difference_update(pgids)
         self._send(b"".join(b"-%d\n" % pgid for pgid in pgids))
 
-    def close(self) -> None:
-        """Let the guardian go (it kills what is still listed) and reap it."""
-        self._send(b"end\n")  # no need to look for unannounced jobs
+    def close(self, *, ended: bool) -> None:
+        """Let the guardian go (it kills what is still listed) and reap it.
+
+        ``ended``: the worker ends normally, with no job of its own left to
+        stop, so the guardian does not look for its token (it would kill
+        what jobs left running on purpose).  Otherwise it does.
+        """
+        if ended:
+            self._ended = True
+            self._send(b"end\n")
+            if self._fd is not None and self._pending:
+                # A guardian slow to read: give it a second, then let it look.
+                _, writable, _ = select.select([], [self._fd], [], 1.0)
+                if writable:
+                    self._send(b"")
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -2669,7 +2687,7 @@ class _Guardian:
         os.set_blocking(write_end, False)  # a stopped guardian must not stop the worker
         self._fd = write_end
         self._pending = b"".join(b"+%d\n" % pgid for pgid in self._groups)
-        self._send(b"")
+        self._send(b"end\n" if self._ended else b"")  # a restart while closing keeps the goodbye
 
     def _send(self, data: bytes) -> None:
         if self._fd is None:
@@ -3024,9 +3042,11 @@ class Worker:
             self._room_r, room_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._poller.register(self._room_r, select.POLLIN)
             self._output.on_room = lambda: _wake(room_w)
+            ended = False  # the loop returned: no job of ours is left to stop
             try:
                 try:
                     self._loop(wake_r)
+                    ended = True
                 finally:
                     self._fence.close()
             except BaseException:
@@ -3037,7 +3057,7 @@ class Worker:
                 self._stop_jobs_now()
                 raise
             finally:
-                self._guardian.close()
+                self._guardian.close(ended=ended)
                 self._output.on_room = None
                 os.close(self._room_r)
                 os.close(room_w)
@@ -3060,7 +3080,7 @@ class Worker:
             self._enforce_deadlines(now)
             claims: list[Claim] = []
             free = len(self._free_slots)
-            if free and self._may_claim():
+            if free and self._may_claim() and not self._deferred:  # out of descriptors: claim no more
                 if self.source.replaced():
                     self._replaced = True
                     self.notify(
@@ -3083,7 +3103,8 @@ class Worker:
                 if self._may_claim():
                     self._start(claim, attempt, local_slot)
                 else:  # draining: a job that never started is not begun now
-                    self._finish(claim, claim.was, local_slot)
+                    # (a retry that never started ends as its failed attempt did)
+                    self._finish(claim, claim.was if attempt == 1 else "!", local_slot)
             for claim in claims:
                 self._start(claim, 1, self._free_slots.pop(0))
             self._flush_console()

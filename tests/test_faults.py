@@ -596,20 +596,43 @@ def test_a_killed_workers_unannounced_job_is_found_by_its_token(tmp_path: Path, 
     assert states(path) == "r"
 
 
-def test_a_worker_that_ends_normally_leaves_what_its_jobs_left(tmp_path: Path) -> None:
+def _guardian_of(worker: int) -> int:
+    """The pid of the worker's guardian (its child running the guardian's code)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    code = f.read()
+            except OSError:
+                continue
+            if parent == worker and b"RUNMAKER_WORKER_TOKEN" in code:
+                return int(entry)
+    raise AssertionError(f"worker {worker} has no guardian")
+
+
+@pytest.mark.parametrize("guardian", ["as-started", "killed-and-restarted"])
+def test_a_worker_that_ends_normally_leaves_what_its_jobs_left(tmp_path: Path, procs: Procs, guardian: str) -> None:
     """The token is looked for only when the worker died: a worker that ends
-    normally kills nothing a job left running on purpose."""
+    normally (here drained by SIGTERM, its job done) kills nothing a job left
+    running on purpose, also when its first guardian was killed and another
+    started in its place."""
     path = write_jobs(tmp_path / "runs.txt", ["setsid sleep 60 & echo $! > escaped"])
+    worker = procs.start("runmaker", "-q", "--follow", "runs.txt", cwd=tmp_path)
     escaped = None
     try:
-        done = run("runmaker", "-q", "runs.txt", cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
+        wait_for(lambda: states(path) == "d", what="the job to be done")
         escaped = read_int(tmp_path / "escaped")
         assert isinstance(escaped, int)
+        if guardian == "killed-and-restarted":
+            os.kill(_guardian_of(worker.pid), signal.SIGKILL)
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+        assert worker.returncode == 130, err
         holds_for(lambda: alive(escaped), 0.5, what="the process the job left")
     finally:
         kill_all([escaped])
-    assert states(path) == "d"
 
 
 # A job that finds an earlier copy of itself still running (not a zombie
@@ -778,9 +801,18 @@ def _starve_of_descriptors(tmp_path: Path, procs: Procs) -> tuple[subprocess.Pop
     job's start needs more than the first job frees when it ends), and a job
     appended to it: the second job is claimed and waits.  Returns the worker,
     the job file and the old limit."""
-    path = write_jobs(tmp_path / "runs.txt", ["while [ ! -e go ]; do sleep 0.01; done"])
-    worker = procs.start("runmaker", "-q", "-j2", "runs.txt", cwd=tmp_path)
-    wait_for(lambda: states(path) == "r", what="the first job to run")
+    path = write_jobs(tmp_path / "runs.txt", ["touch started; while [ ! -e go ]; do sleep 0.01; done"])
+    # Descriptors inherited from the parent take the low numbers, so the
+    # worker's own lie above them and the limit set below stays above the
+    # number it polls (poll() refuses more descriptors than the limit).
+    inherited = [os.open(os.devnull, os.O_RDONLY) for _ in range(32)]
+    try:
+        worker = procs.start("runmaker", "-q", "-j3", "runs.txt", cwd=tmp_path, pass_fds=inherited)
+    finally:
+        for fd in inherited:
+            os.close(fd)
+    # Running, not just claimed: its start holds descriptors only meanwhile.
+    wait_for(lambda: (tmp_path / "started").exists(), what="the first job to run")
     open_fds = {int(fd) for fd in os.listdir(f"/proc/{worker.pid}/fd")}
     lowest_free = min(set(range(len(open_fds) + 1)) - open_fds)
     old, hard = resource.prlimit(worker.pid, resource.RLIMIT_NOFILE)
@@ -788,8 +820,11 @@ def _starve_of_descriptors(tmp_path: Path, procs: Procs) -> tuple[subprocess.Pop
     added = run("runset", "runs.txt", "--add", "echo ran >> second", cwd=tmp_path)
     assert added.returncode == 0, added.stderr
     wait_for(lambda: states(path) == "rr", what="the second job to be claimed")
-    holds_for(lambda: not (tmp_path / "second").exists() and worker.poll() is None, 1.0,
-              what="the second job waiting, the worker alive")
+    # A job waiting for descriptors: the worker claims no more, though a slot is free.
+    added = run("runset", "runs.txt", "--add", "echo ran >> third", cwd=tmp_path)
+    assert added.returncode == 0, added.stderr
+    holds_for(lambda: states(path) == "rr." and not (tmp_path / "second").exists() and worker.poll() is None,
+              1.0, what="the second job waiting, the third unclaimed, the worker alive")
     return worker, path, old
 
 
@@ -802,8 +837,8 @@ def test_out_of_descriptors_at_run_time_a_job_starts_later(tmp_path: Path, procs
     (tmp_path / "go").touch()
     _, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err
-    assert states(path) == "dd"
-    assert (tmp_path / "second").read_text() == "ran\n"
+    assert states(path) == "ddd"
+    assert (tmp_path / "second").read_text() == (tmp_path / "third").read_text() == "ran\n"
     [said] = stderr_lines(err)
     assert re.fullmatch(r"runmaker: out of file descriptors \(Too many open files; ulimit -n is \d+\): "
                         r"claimed jobs wait to start until some are free", said), said
@@ -814,13 +849,13 @@ def test_a_job_waiting_for_descriptors_goes_back_when_the_worker_stops(tmp_path:
     stop, with nothing else running, never starts: it goes back to ``.``."""
     worker, path, _ = _starve_of_descriptors(tmp_path, procs)
     (tmp_path / "go").touch()
-    wait_for(lambda: states(path) == "dr", what="the first job to end")
-    holds_for(lambda: states(path) == "dr" and worker.poll() is None, 1.0,
+    wait_for(lambda: states(path) == "dr.", what="the first job to end")
+    holds_for(lambda: states(path) == "dr." and worker.poll() is None, 1.0,
               what="the second job waiting with nothing running")
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=30)
     assert worker.returncode == 130, err  # stopped by a signal (SPEC 6)
-    assert states(path) == "d."
+    assert states(path) == "d.."
     assert not (tmp_path / "second").exists()
 
 
