@@ -1371,8 +1371,16 @@ class Scheduler:
     """
 
     def __init__(
-        self, jobfile: JobFile, *, retry: bool = False, notify: Callable[[str], None] | None = None
+        self,
+        jobfile: JobFile,
+        *,
+        retry: bool = False,
+        notify: Callable[[str], None] | None = None,
+        states: bytes | None = None,
     ) -> None:
+        """``states``: every indexed job's state byte as the caller just read
+        them (check_job_file); the first rescan then reads them again only if
+        lines were appended since."""
         self.jobfile = jobfile
         self.retry = retry
         self._notify = notify  # says which lost jobs it marked 'e'
@@ -1406,6 +1414,7 @@ class Scheduler:
         self._blocked_by: str | None = None
         self._contended = False  # a queued job's lock was held elsewhere
         self._abandoned = False
+        self._first_states = states
         self.rescan()
 
     # -- public ------------------------------------------------------------
@@ -1425,7 +1434,15 @@ class Scheduler:
             first_new, new_states = self.jobfile.read_new_states()
             if self.jobfile.shrunk:
                 return  # our offsets point past its end now: claim nothing (see _why_idle)
-            states = bytearray(self.jobfile.states_between(0, first_new))
+            known, self._first_states = self._first_states, None
+            if known is not None and not new_states and len(known) == first_new:
+                # Read moments ago, and nothing appended since (so no
+                # "#runmaker set" notice either): not read a second time.  A
+                # byte another worker changed meanwhile is reread under its
+                # job lock before anything is decided on it (rule 2).
+                states = bytearray(known)
+            else:
+                states = bytearray(self.jobfile.states_between(0, first_new))
             states += new_states
             del new_states
             self.jobfile.take_set_notices()  # every byte was just read
@@ -4514,7 +4531,7 @@ _RUNMAKER4 = (
 )
 
 
-def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> None:
+def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> bytes:
     """Refuse a job file that runmaker must not work on; pass on its warnings.
 
     Reads it a first time, before anything is written or created, with the
@@ -4524,7 +4541,8 @@ def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> None:
     runmaker4 is seen using: a ``?`` state byte (runmaker4's claim in
     progress), or ``r`` jobs with no job lock while another process locks
     the whole file, as runmaker4, runset4.py and runwait4.py do to read.
-    Otherwise hands the held warnings to ``notify``.
+    Otherwise hands the held warnings to ``notify`` and returns every job's
+    state byte as read (a Scheduler made at once can start from them).
     """
     with jobfile.warnings_held() as held:
         _, states = jobfile.read_new_states()  # a piece at a time: never the whole file in memory
@@ -4556,6 +4574,7 @@ def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> None:
                 "another process locks the whole file, as runmaker4 does, so runmaker4 uses this file; "
                 f"{_RUNMAKER4}"
             )
+    return states
 
 
 def _save_job_lock_counts() -> None:
@@ -4584,7 +4603,7 @@ def run_worker(
     jobfile = JobFile(path, warn=notify)
     try:
         check_file_locking(path, fd=jobfile.fd)
-        check_job_file(jobfile, notify)
+        states = check_job_file(jobfile, notify)
         fence = default_fence(jobfile.fd) if options.fence is None else options.fence
         options = dataclasses.replace(options, job_file=os.path.abspath(path), fence=fence)
         records = _Records(options, jobfile.identity, notify)
@@ -4599,7 +4618,9 @@ def run_worker(
             notify(f"Warning: {options.logdir}: other users can write this log directory: "
                    "they can delete your jobs' output files")
         try:
-            return _run_scheduled(jobfile, options, records, retry=retry, console=console, notify=notify)
+            return _run_scheduled(
+                jobfile, options, records, retry=retry, console=console, notify=notify, states=states
+            )
         finally:
             records.close()
     finally:
@@ -4615,6 +4636,7 @@ def _run_scheduled(
     retry: bool,
     console: BinaryIO,
     notify: Callable[[str], None],
+    states: bytes | None = None,
 ) -> int:
     """The worker proper; a job file failing under it is one Error: line, exit 1.
 
@@ -4623,7 +4645,7 @@ def _run_scheduled(
     then; nothing more is written (closing only releases the locks).
     """
     try:
-        scheduler = Scheduler(jobfile, retry=retry, notify=notify)
+        scheduler = Scheduler(jobfile, retry=retry, notify=notify, states=states)
     except OSError as exc:
         raise job_file_failed(jobfile.path, exc) from None
     failed = False
