@@ -50,6 +50,7 @@ __all__ = [
     "parse_args",
     "print_table",
     "ratio_row",
+    "read_hwm",
     "run_process",
     "runmaker_argv",
     "scratch_dir",
@@ -138,7 +139,7 @@ def run_process(
                 pid, wait_status, usage = os.wait4(proc.pid, os.WNOHANG)
                 if pid:
                     break
-                hwm = _read_hwm(status_path) or hwm
+                hwm = read_hwm(status_path) or hwm
                 time.sleep(0.01)  # VmHWM only grows: the last look is the peak but for 10 ms
         else:
             _, wait_status, usage = os.wait4(proc.pid, 0)
@@ -154,7 +155,8 @@ def run_process(
                     usage.ru_utime + usage.ru_stime)
 
 
-def _read_hwm(status_path: str) -> float | None:
+def read_hwm(status_path: str) -> float | None:
+    """VmHWM (peak resident memory) in MB from a /proc/PID/status file, or None."""
     try:
         with open(status_path, "rb") as f:
             for line in f:

@@ -61,6 +61,7 @@ from _benchlib import (
     parse_args,
     print_table,
     ratio_row,
+    read_hwm,
     run_process,
     runmaker_argv,
     scratch_dir,
@@ -99,17 +100,6 @@ def _proc_io(pid: int) -> dict[str, int]:
     """/proc/PID/io as a dict (rchar, read_bytes, ...)."""
     with open(f"/proc/{pid}/io", "rb") as f:
         return {k.decode(): int(v) for k, v in (line.split(b":") for line in f if b":" in line)}
-
-
-def _hwm_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 @dataclass
@@ -152,7 +142,7 @@ class Live:
         return _proc_io(self.pid)["rchar"]
 
     def sample(self) -> None:
-        self.hwm = max(self.hwm, _hwm_mb(self.pid) or 0.0)
+        self.hwm = max(self.hwm, read_hwm(f"/proc/{self.pid}/status") or 0.0)
 
     def wait(self, timeout: float = _DEADLINE) -> Ended:
         """Wait for its end, sampling memory; the totals come from its zombie."""
