@@ -1616,7 +1616,7 @@ def _serve(
     jobfile = JobFile(path, warn=notify)
     try:
         check_file_locking(path, fd=jobfile.fd)
-        check_job_file(jobfile, notify)
+        states = check_job_file(jobfile, notify)
         if _writable_by_others(jobfile.fd):
             notify(f"Warning: {path}: other users can write this file, and its lines run on clients")
         if options.token is not None:
@@ -1625,7 +1625,7 @@ def _serve(
             token, origin = _make_token_file()
         listener = _listen(options.bind, options.port)
         try:
-            scheduler = Scheduler(jobfile, retry=options.retry, notify=notify)
+            scheduler = Scheduler(jobfile, retry=options.retry, notify=notify, states=states)
             try:
                 server = _Server(scheduler, listener, token, options, notify, timings)
                 console.write(f"Token for clients: {token} ({origin})\n".encode())
