@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from conftest import (
@@ -670,26 +671,26 @@ def test_a_rerun_after_a_killed_worker_never_overlaps(tmp_path: Path, procs: Pro
 CONSOLE_NOTICE = r"runmaker: cannot write to the console, its output is lost: No space left on device; the jobs go on"
 
 
-def test_stdout_on_dev_full_the_jobs_go_on(tmp_path: Path) -> None:
-    path = write_jobs(tmp_path / "runs.txt", ["echo one", "echo two; sleep 0.2", "echo three"])
-    with open("/dev/full", "wb") as full:
-        result = subprocess.run(command("runmaker") + ["-j2", "runs.txt"], cwd=tmp_path, stdout=full,
-                                stderr=subprocess.PIPE, timeout=60, check=False)
+def _console_cannot_be_written(tmp_path: Path, jobs: list[str], console: BinaryIO) -> None:
+    """Run ``jobs`` at -j2 with stdout on ``console``, which cannot take it:
+    every job is done, and stderr holds the one notice."""
+    path = write_jobs(tmp_path / "runs.txt", jobs)
+    result = subprocess.run(command("runmaker") + ["-j2", "runs.txt"], cwd=tmp_path, stdout=console,
+                            stderr=subprocess.PIPE, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert states(path) == "ddd"
     lines = stderr_lines(result.stderr)
     assert len(lines) == 1 and re.fullmatch(CONSOLE_NOTICE, lines[0]), lines
+
+
+def test_stdout_on_dev_full_the_jobs_go_on(tmp_path: Path) -> None:
+    with open("/dev/full", "wb") as full:
+        _console_cannot_be_written(tmp_path, ["echo one", "echo two; sleep 0.2", "echo three"], full)
 
 
 def test_stdout_on_a_full_tmpfs_the_jobs_go_on(tmp_path: Path) -> None:
-    path = write_jobs(tmp_path / "runs.txt", ["seq 200000", "echo two", "sleep 0.3; echo three"])
     with tmpfs(tmp_path / "fs") as fs, open(fs / "console.txt", "wb") as console:
-        result = subprocess.run(command("runmaker") + ["-j2", "runs.txt"], cwd=tmp_path, stdout=console,
-                                stderr=subprocess.PIPE, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    assert states(path) == "ddd"
-    lines = stderr_lines(result.stderr)
-    assert len(lines) == 1 and re.fullmatch(CONSOLE_NOTICE, lines[0]), lines
+        _console_cannot_be_written(tmp_path, ["seq 200000", "echo two", "sleep 0.3; echo three"], console)
 
 
 def test_stderr_on_dev_full_the_jobs_go_on(tmp_path: Path) -> None:

@@ -533,16 +533,21 @@ def test_a_kill_line_never_kills_a_later_run_of_the_same_job(tmp_path, procs):
     (tmp_path / "one.pid").unlink()
     (tmp_path / "one.started").unlink()
 
+    def runs_to_its_end(what: str, *args: str) -> None:
+        """A new run of the job, not killed by the kill line above it."""
+        worker = procs.start("runmaker", "-q", *args, "runs.txt", cwd=tmp_path)
+        pid = None
+        try:
+            pid = wait_for(lambda: read_int(tmp_path / "one.pid"), what=what)
+            holds_for(lambda: states(path) == "r" and alive(pid), 1.5, f"{what}, not killed")
+            (tmp_path / "one.go").touch()
+            assert wait_exit(worker) == 0
+        finally:
+            kill_group(pid)
+        assert states(path) == "d"
+
     # Run again with -r: the kill line above is older than this run.
-    worker = procs.start("runmaker", "-q", "-r", "runs.txt", cwd=tmp_path)
-    try:
-        pid = wait_for(lambda: read_int(tmp_path / "one.pid"), what="the second run")
-        holds_for(lambda: states(path) == "r" and alive(pid), 1.5, "the second run, not killed")
-        (tmp_path / "one.go").touch()
-        assert wait_exit(worker) == 0
-    finally:
-        kill_group(pid)
-    assert states(path) == "d"
+    runs_to_its_end("the second run", "-r")
 
     # A kill line written while the job did not run does nothing to a run after it.
     (tmp_path / "one.go").unlink()
@@ -550,15 +555,7 @@ def test_a_kill_line_never_kills_a_later_run_of_the_same_job(tmp_path, procs):
     assert run("runset", "--set", ".", "runs.txt", "1", cwd=tmp_path).returncode == 0
     with open(path, "a") as f:
         f.write("#runmaker kill 1\n")
-    worker = procs.start("runmaker", "-q", "runs.txt", cwd=tmp_path)
-    try:
-        pid = wait_for(lambda: read_int(tmp_path / "one.pid"), what="the third run")
-        holds_for(lambda: states(path) == "r" and alive(pid), 1.5, "the third run, not killed")
-        (tmp_path / "one.go").touch()
-        assert wait_exit(worker) == 0
-    finally:
-        kill_group(pid)
-    assert states(path) == "d"
+    runs_to_its_end("the third run")
 
 
 def test_a_kill_reaches_a_job_run_by_a_tcp_client(tmp_path, procs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import Procs, run
@@ -23,6 +24,15 @@ time.sleep(60)
 
 _WHY = ("runmaker4's running jobs hold no lock, so runmaker would take them for lost and run them "
         "a second time; stop runmaker4 first (never run both on one file)")
+
+
+def _hold_whole_file_lock(procs: Procs, path: Path) -> subprocess.Popen[bytes]:
+    """A process holding ``path``'s whole-file read lock as runmaker4 does, once it says so."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_WHOLE_FILE_LOCK, str(path)],
+                              stdout=subprocess.PIPE)
+    procs.procs.append(holder)
+    assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+    return holder
 
 
 def _refused(tmp_path, jobs: bytes, *args: str) -> str:
@@ -54,10 +64,7 @@ def test_unlocked_running_jobs_under_a_whole_file_lock_are_refused(tmp_path, arg
     (tmp_path / "runs.txt").write_bytes(jobs)
     procs = Procs()
     try:
-        holder = subprocess.Popen([sys.executable, "-c", _HOLD_WHOLE_FILE_LOCK, str(tmp_path / "runs.txt")],
-                                  stdout=subprocess.PIPE)
-        procs.procs.append(holder)
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        _hold_whole_file_lock(procs, tmp_path / "runs.txt")
         message = _refused(tmp_path, jobs, *args)
     finally:
         procs.reap()
@@ -74,10 +81,7 @@ def test_a_whole_file_lock_alone_is_not_runmaker4(tmp_path):
     (tmp_path / "runs.txt").write_bytes(b". echo a\n")
     procs = Procs()
     try:
-        holder = subprocess.Popen([sys.executable, "-c", _HOLD_WHOLE_FILE_LOCK, str(tmp_path / "runs.txt")],
-                                  stdout=subprocess.PIPE)
-        procs.procs.append(holder)
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        holder = _hold_whole_file_lock(procs, tmp_path / "runs.txt")
         worker = procs.start("runmaker", "runs.txt", cwd=tmp_path)
         holder.kill()
         out, err = worker.communicate(timeout=20)
