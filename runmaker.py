@@ -131,6 +131,12 @@ _TRAILING_SPACE = b" \t\r\x0b\x0c"
 _json_string = json.encoder.encode_basestring_ascii  # json.dumps of a str, in C
 _JSON_STATES = [_json_string(bytes([byte]).decode("utf-8", "replace")) for byte in range(256)]
 _FINISHED = re.compile(rb"[d\-]*")
+# Lines a worker need not index at the head of a file (JobFile's ``fold``):
+# finished job lines that are not indented, comments other than directives,
+# blank lines.  No line here is a directive, a warning or a job to run.
+_FOLDABLE = re.compile(
+    rb"(?:[d\-][ \t][^ \t\r\n\x0b\x0c][^\n]*\n|#(?!runmaker)[^\n]*\n|[ \t\r\x0b\x0c]*\n)*"
+)
 _NOT_DONE_YET = re.compile(rb"[^d\-.+r]")  # neither finished, nor pending, nor running
 _NORMAL_QUEUE = re.compile(rb"\.")
 _NORMAL_QUEUE_RETRY = re.compile(rb"[.!e]")
@@ -719,10 +725,13 @@ class JobFile:
     The index keeps, per job, the offset of its state byte, the end of its
     command and its line number, in compact arrays (12 bytes a job below
     4 GiB, 20 above), and is built from the file a piece at a time
-    (read_new_states), never holding its bytes whole: a worker on a file of
-    a million finished lines peaks at 35 MB, about 15 above an idle one.
-    Lines appended later are indexed incrementally; finding work never
-    rereads the whole file unless asked to (``read(whole=True)``).
+    (read_new_states), never holding its bytes whole.  A worker's JobFile
+    (``fold``) indexes nothing of the finished head of the file: it counts
+    those lines in C (a regular expression) and starts its index below
+    them, so a worker on a file of a million finished lines starts in half
+    a second and peaks at 24 MB, as an idle one.  Lines appended later are
+    indexed incrementally; finding work never rereads the whole file
+    unless asked to (``read(whole=True)``).
 
     A process that holds job locks keeps exactly one descriptor of the file:
     closing any descriptor of it would drop every POSIX lock the process
@@ -730,12 +739,40 @@ class JobFile:
     """
 
     def __init__(
-        self, path: str, *, writable: bool = True, warn: Callable[[str], None] | None = None
+        self,
+        path: str,
+        *,
+        writable: bool = True,
+        warn: Callable[[str], None] | None = None,
+        fold: bool = False,
     ) -> None:
+        """``fold``: the first read does not index the file's finished head
+        (see ``folded_lines``); a worker's JobFile, not runset's or runwait's."""
         self.path = path
         self.fd = _open_job_file(path, writable)
         st = os.fstat(self.fd)
         self.identity = (st.st_dev, st.st_ino)
+        # The highest cap the file ever set: no worker holds a slot above it.
+        self.max_running_peak = 0
+        self.shrunk = False  # the file got shorter: someone broke the rules
+        # SPEC: a last line without newline is a job as usual only as the
+        # first read found it.  One that appeared or grew later may be a
+        # writer's first half (or a killed writer's piece): it waits for its
+        # newline.  (offset, length) of the one the first read found.
+        self._first_tail: tuple[int, int] | None = None
+        self._read_before = False
+        self._warn = warn
+        self._warned: set[int] = set()
+        # Lines that are no job, comment, directive or blank line but read
+        # like a command: how many, and the first (a file of bare commands
+        # has nothing else).
+        self.command_like_lines = 0
+        self.first_command_like: tuple[int, bytes] | None = None
+        self._last_command_like = 0
+        self._start_index(fold)
+
+    def _start_index(self, fold: bool) -> None:
+        """An empty index: the next read indexes the file from its first byte."""
         # Offsets take 4 bytes each while the file is below 4 GiB, then 8 (_widen_for).
         self.offsets = array.array("I")  # offset of each job's state byte
         self.ends = array.array("I")  # offset just past each job's command
@@ -743,13 +780,20 @@ class JobFile:
         self.barriers: list[int] = []  # index of the first job below each barrier
         self.barrier_lines: list[int] = []
         self.max_running: int | None = None
-        # The highest cap the file ever set: no worker holds a slot above it.
-        self.max_running_peak = 0
         # The lines each '#runmaker kill' names, in file order (runset --kill).
         self.kills: list[tuple[int, ...]] = []
         self.size = 0  # bytes indexed
         self.line_count = 0
-        self.shrunk = False  # the file got shorter: someone broke the rules
+        # The folded head: its first folded_lines lines (folded_size bytes)
+        # are finished job lines, comments and blank lines that the first
+        # read only counted (folded_jobs: the jobs per state byte), so job
+        # index 0 is the first job below them.  Indexing a million such
+        # lines would cost a worker a second and 12 MB; unfold() indexes
+        # them after all, when runset --set changes one.
+        self._folding = fold
+        self.folded_lines = 0
+        self.folded_size = 0
+        self.folded_jobs: collections.Counter[int] = collections.Counter()
         # An unterminated last line is indexed, but may still grow; this
         # remembers what to undo to index it again.
         self._tail: tuple[int, int, int, int, int | None, _OutlineMark] | None = None
@@ -768,26 +812,12 @@ class JobFile:
         # claimed before it was appended, which saw the file shorter.
         self.kill_offsets: list[int] = []
         self._in_tail = False
-        # SPEC: a last line without newline is a job as usual only as the
-        # first read found it.  One that appeared or grew later may be a
-        # writer's first half (or a killed writer's piece): it waits for its
-        # newline.  (offset, length) of the one the first read found.
-        self._first_tail: tuple[int, int] | None = None
-        self._read_before = False
         self._settled = True  # False while indexing a last line a writer may still be writing
         # A job whose line appeared or grew since the first read and has no
         # newline yet: indexed (its index must stay put) but not to be claimed.
         self.unfinished: int | None = None
-        self._warn = warn
-        self._warned: set[int] = set()
         # Line ranges of ``#runmaker set`` notices not yet taken (take_set_notices).
         self._set_notices: list[tuple[int, int]] = []
-        # Lines that are no job, comment, directive or blank line but read
-        # like a command: how many, and the first (a file of bare commands
-        # has nothing else).
-        self.command_like_lines = 0
-        self.first_command_like: tuple[int, bytes] | None = None
-        self._last_command_like = 0
 
     def close(self) -> None:
         try:
@@ -823,6 +853,7 @@ class JobFile:
             start = 0 if whole else resume
             data = _pread_all(self.fd, max(size - start, 0), start) if size > start else b""
         first_new = len(self.offsets)
+        self._folding = False
         if size < self.size:
             self.shrunk = True
         elif size > self.size or self._tail:
@@ -847,11 +878,10 @@ class JobFile:
         with _ReadingLock(self.fd):
             size = os.fstat(self.fd).st_size
             data = os.pread(self.fd, min(max(size - resume, 0), _INDEX_CHUNK), resume)
-        if size < self.size:
-            self.shrunk = True
-            return len(self.offsets), b""
-        if size == self.size and not self._tail:
+        if size < self.size or (size == self.size and not self._tail):
+            self.shrunk = self.shrunk or size < self.size
             self._read_before = True
+            self._folding = False
             return len(self.offsets), b""
         first_new = -1
         parts = []
@@ -865,15 +895,52 @@ class JobFile:
                         data += os.pread(self.fd, min(size - pos - len(data), _INDEX_CHUNK), pos + len(data))
                     continue
                 data = data[:cut]
+            if self._folding:
+                folded = self._fold(data, pos)
+                pos += folded
+                data = data[folded:]
             first = self._index_from(data, pos)
             first_new = first if first_new < 0 else first_new
             parts.append(self.states_of(data, pos, first))
             pos += len(data)
             if final:
                 self._read_before = True  # a last line without newline seen later waits for it
+                self._folding = False  # only the head the first read found is folded
                 return first_new, b"".join(parts)
             with _ReadingLock(self.fd):
                 data = os.pread(self.fd, min(size - pos, _INDEX_CHUNK), pos)
+
+    def _fold(self, data: bytes, pos: int) -> int:
+        """Count, not index, the foldable lines that ``data`` (read at ``pos``) starts with.
+
+        Returns how many bytes they take.  Folding ends at the first line
+        that is not foldable (_FOLDABLE): everything below it is indexed.
+        """
+        if len(self.offsets) or pos != self.folded_size:
+            self._folding = False
+            return 0
+        end = _FOLDABLE.match(data).end()  # type: ignore[union-attr]  # it matches b""
+        if end < len(data):
+            self._folding = False
+        if end:
+            # A job line starts the data or follows a newline; no other
+            # foldable line starts with 'd' or '-'.
+            for state in b"d-":
+                self.folded_jobs[state] += data.count(bytes((10, state)), 0, end) + (data[0] == state)
+            self.folded_lines += data.count(b"\n", 0, end)
+            self.folded_size += end
+            self.line_count = self.folded_lines
+            self.size = self.folded_size
+        return end
+
+    def unfold(self) -> int:
+        """Index the folded head after all: forget the index, so that the next
+        read indexes the whole file.  Returns how many jobs were folded (every
+        job index grows by that much); any job lock held stays held."""
+        shift = sum(self.folded_jobs.values())
+        if self.folded_lines:
+            self._start_index(False)
+        return shift
 
     def states_of(self, data: bytes, base: int = 0, first: int = 0) -> bytes:
         """The state bytes of jobs ``first..`` found in ``data`` (read at ``base``)."""
@@ -1620,11 +1687,11 @@ class Scheduler:
 
         ``nothing to run in runs.txt (12 done, 2 failed; -r reruns them)``.
         """
-        counts = collections.Counter(self.states)
+        counts = collections.Counter(self.states) + self.jobfile.folded_jobs
         named = ((_DONE, "done"), (_FAILED, "failed"), (_ERROR, "error"), (ord("-"), "retired"),
                  (_RUNNING, "running"), (_PENDING, "pending"), (_HIGH, "pending, high priority"))
         parts = [f"{counts[state]} {name}" for state, name in named if counts[state]]
-        others = len(self.states) - sum(counts[state] for state, _ in named)
+        others = counts.total() - sum(counts[state] for state, _ in named)
         if others:
             parts.append(f"{others} in another state")
         what = ", ".join(parts) or "no jobs"
@@ -1659,8 +1726,11 @@ class Scheduler:
         notices = self.jobfile.take_set_notices()
         if not notices or self.jobfile.shrunk:
             return
-        if (1, 0) in notices:
-            self.rescan()  # a notice without lines: anything may have changed
+        if (1, 0) in notices or any(first <= self.jobfile.folded_lines for first, _ in notices):
+            # A notice without lines (anything may have changed), or one
+            # that names a line of the folded head: reread every byte.
+            self._unfold()
+            self.rescan()
             return
         lines, changed = self.jobfile.lines, len(self.states)
         for first_line, last_line in notices:
@@ -1679,6 +1749,22 @@ class Scheduler:
             self._rebuild_queues(0)
             self._done_prefix = min(self._done_prefix, changed)
             self._advance_done_prefix()
+
+    def _unfold(self) -> None:
+        """Have the JobFile index its folded head, and move every job index we keep.
+
+        The committer's releases name job indexes: they finish first.
+        """
+        if not self.jobfile.folded_lines:
+            return
+        self.commit()
+        self._committer.wait()
+        shift = self.jobfile.unfold()
+        for claim in self.held.values():
+            claim.index += shift
+        self.held = {claim.index: claim for claim in self.held.values()}
+        self.attempted = {index + shift for index in self.attempted}
+        self._releasing = {index + shift for index in self._releasing}  # empty after the wait
 
     def _peek_queue_heads(self, count: int) -> None:
         """Read the state bytes around the head of each queue, in one read each.
@@ -4547,7 +4633,7 @@ def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> bytes:
     with jobfile.warnings_held() as held:
         _, states = jobfile.read_new_states()  # a piece at a time: never the whole file in memory
     path, lines = jobfile.path, jobfile.lines
-    if not jobfile.offsets and jobfile.first_command_like is not None:
+    if not jobfile.offsets and not jobfile.folded_jobs and jobfile.first_command_like is not None:
         line, raw = jobfile.first_command_like
         command = _shown(raw.rstrip())
         many = jobfile.command_like_lines
@@ -4600,7 +4686,7 @@ def run_worker(
     RunmakerError and leaves the file untouched.
     """
     _check_open_file_limit(options.jobs, options.logdir is not None)
-    jobfile = JobFile(path, warn=notify)
+    jobfile = JobFile(path, warn=notify, fold=True)
     try:
         check_file_locking(path, fd=jobfile.fd)
         states = check_job_file(jobfile, notify)

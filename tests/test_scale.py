@@ -5,12 +5,14 @@ processes; the speed figures themselves are benchmarks/scale.py's."""
 
 from __future__ import annotations
 
+import collections
+import random
 import signal
 from pathlib import Path
 
 import pytest
 
-from conftest import holds_for, run, states, wait_for
+from conftest import gated_job, holds_for, run, states, wait_for, write_file
 from runmaker import JobFile, Scheduler
 
 
@@ -130,3 +132,116 @@ def test_summary_counts_like_the_index_on_odd_and_large_files(tmp_path):
     assert whole.stderr == listed.stderr
     assert b":4: not a job line" not in whole.stderr
     assert whole.stderr.count(b"not a job line") == 14  # ".odd" and "d \t", 7 times
+
+
+# A palette of lines for the folded head's comparisons: the first ones are
+# foldable (finished, not indented, comments, blank lines), the rest end it.
+_FOLDABLE_LINES = ["d true", "- true", "d\ttab", "# a comment", "", "  ", "\t\r", "#runmakerish"]
+_OTHER_LINES = [". pending", "+ urgent", "! failed", "x odd", "d   indented", ".   indented",
+                "d trailing  ", "d \t", ".odd", "/runmaker set 1", "#runmaker max-running 2",
+                "#runmaker barrier", "#runmaker kill 3", "#runmaker set 2", "ls -l", "r running"]
+
+
+def _index(path: Path, fold: bool) -> tuple[JobFile, bytes, list[str]]:
+    warnings: list[str] = []
+    jobfile = JobFile(str(path), writable=False, warn=warnings.append, fold=fold)
+    _, states = jobfile.read_new_states()
+    return jobfile, states, warnings
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("seed", range(40))
+def test_a_folded_head_indexes_the_rest_as_the_whole_index_does(tmp_path, seed):
+    """A worker's JobFile only counts the finished head of the file: every
+    job below it gets the same line, offsets, state, parent, and every
+    directive and warning is the same, as when the whole file is indexed;
+    unfold() then gives the whole index itself.  Seed 0 has a head longer
+    than a read piece (256 KiB)."""
+    rng = random.Random(seed)
+    head = 40_000 if seed == 0 else rng.randrange(0, 30)
+    lines = [rng.choice(_FOLDABLE_LINES) for _ in range(head)]
+    lines += [rng.choice(_OTHER_LINES + _FOLDABLE_LINES) for _ in range(rng.randrange(0, 30))]
+    path = tmp_path / "runs.txt"
+    last = rng.choice(["", "\n"])  # the last line with or without its newline
+    path.write_text("\n".join(lines) + last)
+    whole, whole_states, whole_warnings = _index(path, fold=False)
+    folded, states, warnings = _index(path, fold=True)
+    try:
+        shift = sum(folded.folded_jobs.values())
+        assert all(line <= folded.folded_lines for line in whole.lines[:shift])
+        assert set(whole_states[:shift]) <= set(b"d-")
+        assert collections.Counter(whole_states[:shift]) == folded.folded_jobs
+        assert (states, warnings) == (whole_states[shift:], whole_warnings)
+        for name in ("lines", "offsets", "ends"):
+            assert getattr(folded, name).tolist() == getattr(whole, name).tolist()[shift:]
+        # A parent in the folded head is finished: the folded index has none.
+        parents = [whole.parent_of(i) for i in range(shift, len(whole.offsets))]
+        assert [p if p >= shift else -1 for p in parents] == [
+            q + shift if q >= 0 else -1 for q in map(folded.parent_of, range(len(folded.offsets)))]
+        assert [b - shift for b in whole.barriers] == folded.barriers
+        for name in ("barrier_lines", "kills", "kill_offsets", "max_running", "line_count", "size",
+                     "unfinished", "command_like_lines", "first_command_like"):
+            expected = getattr(whole, name)
+            if name == "unfinished" and expected is not None:
+                expected -= shift
+            assert getattr(folded, name) == expected, name
+        assert folded.take_set_notices() == whole.take_set_notices()
+        assert all(line > folded.folded_lines for line in folded.lines)
+        head_lines = folded.folded_lines
+        assert folded.unfold() == shift
+        if not head_lines:
+            assert folded.size == whole.size  # nothing was folded: the index stays
+            return
+        _, again = folded.read_new_states()
+        assert again == whole_states
+        for name in ("lines", "offsets", "ends", "barriers", "kills", "max_running", "line_count"):
+            assert getattr(folded, name) == getattr(whole, name), name
+        assert [folded.parent_of(i) for i in range(len(whole.offsets))] == [
+            whole.parent_of(i) for i in range(len(whole.offsets))]
+    finally:
+        whole.close()
+        folded.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_line_set_back_in_the_folded_head_runs_while_a_job_below_runs_on(tmp_path, procs):
+    """The worker indexes its folded head when a notice names a line there:
+    the job it holds meanwhile keeps its lock and ends with its own line
+    done, and the line set back runs once."""
+    path = tmp_path / "runs.txt"
+    head = ["# a sweep", *[f"d true {i}" for i in range(300)], "", "d touch again"]
+    write_file(path, head + [". " + gated_job("held", "; echo held >> ran")])
+    again, held = 301, 302  # job numbers: the comment and the blank line are none
+    worker = procs.start("runmaker", "-q", "-j2", "--follow", "runs.txt", cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "held.started").exists(), what="the held job")
+    result = run("runset", "--set", ".", "runs.txt", str(len(head)), cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, b"")
+    wait_for(lambda: (tmp_path / "again").exists(), timeout=5, what="the job set back to '.'")
+    wait_for(lambda: states(path)[again - 1] == "d", what="its d")
+    assert states(path)[held - 1] == "r"
+    (tmp_path / "held.go").write_text("")
+    wait_for(lambda: states(path)[held - 1] == "d", what="the held job's d")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 130
+    assert states(path) == "d" * 302
+    assert (tmp_path / "ran").read_text() == "held\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_child_of_a_folded_job_set_back_waits_for_its_parent_again(tmp_path, procs):
+    """A job indented under the folded head's last job: once both are set
+    back, the parent runs first and the child only after it ended."""
+    path = tmp_path / "runs.txt"
+    parent = "d " + gated_job("parent", "; echo parent >> order")
+    child = "d   test -e parent.go && echo child >> order || echo early >> order"
+    write_file(path, [f"d true {i}" for i in range(300)] + [parent, child, ". touch ready"])
+    worker = procs.start("runmaker", "-q", "-j2", "--follow", "runs.txt", cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "ready").exists(), what="the worker's first job")  # it has read the file
+    result = run("runset", "--set", ".", "runs.txt", "301-302", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, b"")
+    wait_for(lambda: (tmp_path / "parent.started").exists(), timeout=5, what="the parent")
+    (tmp_path / "parent.go").write_text("")
+    wait_for(lambda: states(path)[-3:] == "ddd", what="both done")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 130
+    assert (tmp_path / "order").read_text() == "parent\nchild\n"
