@@ -864,6 +864,14 @@ class JobFile:
         self._read_before = True
         return data, start, first_new
 
+    def index_whole(self, data: bytes) -> None:
+        """Index ``data``: the whole file as the caller read it under the
+        reading lock, before this JobFile read anything (``read(whole=True)``
+        in two steps)."""
+        self._folding = False
+        self._index_from(data, 0)
+        self._read_before = True
+
     def read_new_states(self) -> tuple[int, bytes]:
         """Index lines appended since the last read, a piece at a time.
 
@@ -3635,13 +3643,20 @@ _MAX_RUNNING_ARG = re.compile(r"[0-9]+\Z|none\Z")
 _PLACEHOLDER = b"~ "
 _APPEND_PATIENCE = 60.0  # seconds runset waits for the append lock
 _SUMMARY_ORDER = b"+.rd!e-"
-_LINE_STATE = re.compile(rb"\n([^#/ \t\r\n\x0b\x0c])[ \t]")  # the state of a job line
-_BLANK_COMMAND = re.compile(rb"\n[^\n][ \t][ \t\r\x0b\x0c]*\n")  # a state, then blanks only
+# A line that is no job line: no state byte, no space or tab after it, or
+# only blanks after that.
+_NOT_JOB_LINE = re.compile(rb"\n(?:[#/ \t\r\n\x0b\x0c]|[^\n][^ \t]|[^\n][ \t][ \t\r\x0b\x0c]*\n)")
 _RUNNING_JOB = re.compile(rb"^r[ \t]", re.M)  # in a piece of job lines only (_count_states)
 _UNKNOWN_STATE = re.compile(rb"[^.+rd!e\-]")
 _UNKNOWN_OR_FAILED = re.compile(rb"[^.+rd\-]")
 _PENDING_STATES = re.compile(rb"[.+]")
 _LIST_CHUNK = 1 << 16  # jobs formatted per piece of runset's output
+# A line that is no plain job line (see _plain_and_live): a state other than
+# .+rd-, no single space after it, or a command that starts blank or is none.
+_NOT_PLAIN_START = re.compile(rb"\n(?:[^.+rd\-]|[^\n][^ ]|[^\n] [ \t\r\x0b\x0c\n])")
+_RUNNING_LINE = re.compile(rb"\nr ")
+_PLAIN_JSON = ('{"line": %d, "state": "%c", "command": %s, "lost": false, "parent": null, '
+               '"blocked_by": null}\n')
 _SET_BATCH = 1024  # job locks --set holds at once, so one fsync covers many bytes
 _SET_TRIES = 5  # a lock held through all of them (~0.1 s) is a running job's
 _SET_RETRY_PAUSE = 0.025
@@ -3703,11 +3718,18 @@ def list_jobs(
                 counts, lost_count = _count_states(jobfile)
                 yield _summary_text(counts, lost_count, as_json)
                 return
+            whole: bytes | None = None
+            if not summary and not (selection.jobs or wanted is not None or pattern is not None):
+                whole = _read_whole(jobfile)
+                if _plain_and_live(jobfile, whole):
+                    yield from _plain_listing(whole, as_json)
+                    return
             # Counting needs no command: then the file is indexed a piece at a
             # time and never held whole.
             data, states, chosen = _read_selection(
-                jobfile, selection, wanted, pattern, commands=not summary or pattern is not None
+                jobfile, selection, wanted, pattern, commands=not summary or pattern is not None, data=whole
             )
+            del whole
             lost = _probe_running_jobs(jobfile, states, chosen)
             if summary:
                 picked = states if isinstance(chosen, range) else (states[i] for i in chosen)
@@ -4384,16 +4406,20 @@ def _settable_state(state: str) -> int:
 
 def _read_selection(
     jobfile: JobFile, selection: JobSelection, wanted: bytes | None, pattern: re.Pattern[str] | None,
-    *, commands: bool = True,
+    *, commands: bool = True, data: bytes | None = None,
 ) -> tuple[bytes, bytearray, Sequence[int]]:
     """Read the whole file once (reading lock) and pick the selected jobs.
 
     Returns the data, every job's state byte, and the selected job indexes
     in file order (a range when that is every job).  Without ``commands``
     the data is empty: the file is indexed a piece at a time instead.
+    ``data``: the whole file as _read_whole just read it, to index instead.
     """
     if commands:
-        data, _, _ = jobfile.read(whole=True)
+        if data is None:
+            data, _, _ = jobfile.read(whole=True)
+        else:
+            jobfile.index_whole(data)
         states = bytearray(jobfile.states_of(data))
     else:
         data, states = b"", bytearray(jobfile.read_new_states()[1])
@@ -4505,6 +4531,68 @@ def _blocking_failures(jobfile: JobFile, states: bytearray, lost: set[int]) -> d
     return {index: failure for index, (failure, _) in held.items()}
 
 
+def _read_whole(jobfile: JobFile) -> bytes:
+    """The whole job file, read under the reading lock; nothing indexed."""
+    with _ReadingLock(jobfile.fd):
+        return _pread_all(jobfile.fd, os.fstat(jobfile.fd).st_size, 0)
+
+
+def _plain_and_live(jobfile: JobFile, data: bytes) -> bool:
+    """True when every line of ``data`` (the whole file) is a plain job line
+    and no ``r`` job among them is lost: its listing needs no index.
+
+    A plain job line: a state of ``.+rd-``, one space, a command that does
+    not start blank (trailing blanks are cut as usual).  Such a file has no
+    directive, comment, child, mistaken line or failure, so nothing in it
+    is blocked, and job N is line N.  Each ``r`` job is probed as
+    _probe_running_jobs does; one lost, or ended since the read, sends the
+    file the index's way, which says so.
+    """
+    if not data:
+        return False
+    if _NOT_PLAIN_START.match(b"\n" + data[:3]) or _NOT_PLAIN_START.search(data):
+        return False
+    last = data.rfind(b"\n") + 1
+    if last < len(data) and _NOT_PLAIN_START.match(b"\n" + data[last:] + b"\n"):
+        return False  # the last line, without its newline
+    running = [m.start() + 1 for m in _RUNNING_LINE.finditer(data)]
+    if data.startswith(b"r"):
+        running.insert(0, 0)
+    for offset in running:
+        current = _lock_and_reread_job(jobfile.fd, offset, exclusive=False)
+        if current is None:
+            continue  # held: the job is live
+        _release_job_locks(jobfile.fd, (offset,), written=False)
+        return False
+    return True
+
+
+def _plain_listing(data: bytes, as_json: bool) -> Iterator[str]:
+    """``runset --list``/``--json`` of a file that _plain_and_live passed:
+    the same text as list_jobs makes from the index, a piece at a time,
+    with no Python statement per line (C-level maps over each piece)."""
+    line = 1
+    start = 0
+    while start < len(data):
+        cut = data.find(b"\n", start + _INDEX_CHUNK) + 1 or len(data)
+        jobs = data[start:cut].split(b"\n")
+        if not jobs[-1]:
+            jobs.pop()  # the empty piece after the last newline
+        start = cut
+        numbers = range(line, line + len(jobs))
+        line += len(jobs)
+        lasts = bytes(map(operator.itemgetter(-1), jobs))
+        if len(lasts.translate(None, _TRAILING_SPACE)) < len(jobs):
+            jobs = list(map(bytes.rstrip, jobs))  # as the index cuts trailing blanks
+        states = map(operator.itemgetter(0), jobs)
+        commands = map(operator.itemgetter(slice(_COMMAND_SKIP, None)), jobs)
+        if as_json:
+            shown = map(_json_string, _shown(b"\n".join(commands)).split("\n"))
+            yield "".join(map(_PLAIN_JSON.__mod__, zip(numbers, states, shown, strict=True)))
+        else:
+            yield _shown(b"".join(map(b"%d: %c - %s\n".__mod__, zip(numbers, states, commands, strict=True))))
+
+
 def _count_states(jobfile: JobFile) -> tuple[collections.Counter[int], int]:
     """Count every job per state byte, and the lost ones, building no index.
 
@@ -4533,21 +4621,21 @@ def _count_states(jobfile: JobFile) -> tuple[collections.Counter[int], int]:
         piece, data = data[:cut], data[cut:]
         if not piece.endswith(b"\n"):
             piece += b"\n"  # the last line, without its newline
-        lines = piece.count(b"\n")
-        found = _count_job_lines(b"\n" + piece)
+        found = _count_job_lines(piece)
         if found is None:
             first = len(jobfile.offsets)
             jobfile.line_count = line
             jobfile._index_lines(piece, pos)
+            line = jobfile.line_count
             states = jobfile.states_of(piece, pos, first)
             counts.update(states)
             running += [jobfile.offsets[first + m.start()] for m in re.finditer(rb"r", states)]
         else:
             counts.update(found)
+            line += found.total()  # every line a job
             if found[_RUNNING]:
                 running += [pos + m.start() for m in _RUNNING_JOB.finditer(piece)]
         pos += cut
-        line += lines
     lost = 0
     for offset in running:
         if not _lock_byte(fd, offset, exclusive=False, wait=False):
@@ -4564,16 +4652,21 @@ def _count_states(jobfile: JobFile) -> tuple[collections.Counter[int], int]:
     return +counts, lost
 
 
-def _count_job_lines(text: bytes) -> collections.Counter[int] | None:
-    """Lines of ``text`` (each after a newline) per state, when every line is
-    a job; None when some line needs a closer look (the index's).
+def _count_job_lines(piece: bytes) -> collections.Counter[int] | None:
+    """Lines of ``piece`` (whole lines) per state, when every line is a job;
+    None when some line needs a closer look (the index's).
 
-    One regular expression that starts at each newline: no Python work per line.
+    One regular expression search and C-level maps: no Python work per line.
     """
-    states = b"".join(_LINE_STATE.findall(text))
-    if len(states) != text.count(b"\n") - text.endswith(b"\n") or _BLANK_COMMAND.search(text):
+    if _NOT_JOB_LINE.search(b"\n" + piece):
         return None
-    return collections.Counter(states)
+    lines = piece.split(b"\n")
+    lines.pop()  # the empty piece after the last newline
+    states = bytes(map(operator.itemgetter(0), lines))
+    counts = collections.Counter({state: states.count(state) for state in _SUMMARY_ORDER})
+    if counts.total() < len(states):
+        counts = collections.Counter(states)  # some state byte no worker knows
+    return counts
 
 
 def _summary_text(counts: collections.Counter[int], lost: int, as_json: bool) -> str:

@@ -245,3 +245,73 @@ def test_a_child_of_a_folded_job_set_back_waits_for_its_parent_again(tmp_path, p
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=20) == 130
     assert (tmp_path / "order").read_text() == "parent\nchild\n"
+
+
+_PLAIN_COMMANDS = ["true", "echo 'a b'  ", "x\xe9y", "q\"uote\\d", "ctl\x01\x1f", "tab\tin", "trail\r",
+                   "é ü", "{\"json\": 1}"]
+_NOT_PLAIN = ["# comment", "", "d\ttab", ".   indented", "d \t", "#runmaker barrier", "! failed",
+              "x odd", "ls -l"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", range(12))
+def test_a_listing_without_an_index_is_the_indexs_listing(tmp_path, seed):
+    """runset -l/--json of a file of plain job lines formats it without an
+    index: the same bytes as the index's listing (``--grep ''`` always
+    goes that way), and files with any other line still go the index's way.
+    Seed 0 is larger than a read piece (256 KiB)."""
+    from runmaker import _plain_and_live, _read_whole
+
+    rng = random.Random(seed)
+    count = 30_000 if seed == 0 else rng.randrange(1, 40)
+    lines = [rng.choice(".+d-") + " " + rng.choice(_PLAIN_COMMANDS) + str(i) * rng.randrange(2)
+             for i in range(count)]
+    plain = seed % 3 != 2
+    if not plain:
+        lines.insert(rng.randrange(len(lines) + 1), rng.choice(_NOT_PLAIN))
+    path = tmp_path / "runs.txt"
+    path.write_bytes("\n".join(lines).encode("utf-8", "surrogateescape") + rng.choice([b"", b"\n"])
+                     + (b"\xff\xfe" if seed == 1 else b""))
+    jobfile = JobFile(str(path), writable=False)
+    try:
+        assert _plain_and_live(jobfile, _read_whole(jobfile)) is plain
+    finally:
+        jobfile.close()
+    for option in ("-l", "--json"):
+        fast = run("runset", option, "runs.txt", cwd=tmp_path)
+        indexed = run("runset", option, "--grep", "", "runs.txt", cwd=tmp_path)
+        assert fast.returncode == indexed.returncode == 0
+        assert (fast.stdout, fast.stderr) == (indexed.stdout, indexed.stderr)
+    if plain:
+        assert fast.stdout.count(b"\n") == count
+
+
+@pytest.mark.timeout(60)
+def test_a_listing_without_an_index_probes_running_jobs(tmp_path, procs):
+    """A live `r` job keeps the index-free listing; a lost one is listed by
+    the index's way, with [lost]."""
+    from runmaker import _plain_and_live, _read_whole
+
+    path = tmp_path / "runs.txt"
+    write_file(path, ["d true", ". " + gated_job("held"), ". true"])
+    worker = procs.start("runmaker", "-q", "-j1", "runs.txt", cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "held.started").exists(), what="the held job")
+    jobfile = JobFile(str(path), writable=False)
+    try:
+        assert _plain_and_live(jobfile, _read_whole(jobfile))
+    finally:
+        jobfile.close()
+    result = run("runset", "-l", "runs.txt", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout.decode().splitlines()[1] == "2: r - " + gated_job("held")
+    worker.kill()
+    worker.wait(timeout=10)
+    procs.kill_job_groups()
+    jobfile = JobFile(str(path), writable=False)
+    try:
+        assert not _plain_and_live(jobfile, _read_whole(jobfile))
+    finally:
+        jobfile.close()
+    result = run("runset", "-l", "runs.txt", cwd=tmp_path)
+    assert result.stdout.decode().splitlines() == [
+        "1: d - true", "2: r - " + gated_job("held") + " [lost]", "3: . - true"]
