@@ -794,6 +794,7 @@ class JobFile:
         self.folded_lines = 0
         self.folded_size = 0
         self.folded_jobs: collections.Counter[int] = collections.Counter()
+        self._last_folded_job: tuple[int, int] | None = None  # (offset, state) of the head's last job line
         # An unterminated last line is indexed, but may still grow; this
         # remembers what to undo to index it again.
         self._tail: tuple[int, int, int, int, int | None, _OutlineMark] | None = None
@@ -904,9 +905,7 @@ class JobFile:
                     continue
                 data = data[:cut]
             if self._folding:
-                folded = self._fold(data, pos)
-                pos += folded
-                data = data[folded:]
+                data, pos = self._fold(data, pos, final)
             first = self._index_from(data, pos)
             first_new = first if first_new < 0 else first_new
             parts.append(self.states_of(data, pos, first))
@@ -918,28 +917,55 @@ class JobFile:
             with _ReadingLock(self.fd):
                 data = os.pread(self.fd, min(size - pos, _INDEX_CHUNK), pos)
 
-    def _fold(self, data: bytes, pos: int) -> int:
+    def _fold(self, data: bytes, pos: int, final: bool) -> tuple[bytes, int]:
         """Count, not index, the foldable lines that ``data`` (read at ``pos``) starts with.
 
-        Returns how many bytes they take.  Folding ends at the first line
-        that is not foldable (_FOLDABLE): everything below it is indexed.
+        Returns the data left to index and the offset it starts at.
+        Folding ends at the first line that is not foldable (_FOLDABLE), or
+        with the file.  The head's last job line is indexed all the same: a
+        job indented below the head hangs under it, and a child rereads its
+        parent's state byte under its own lock before it starts (the parent
+        may have been set back to '.', its notice not read yet).
         """
-        if len(self.offsets) or pos != self.folded_size:
-            self._folding = False
-            return 0
         end = _FOLDABLE.match(data).end()  # type: ignore[union-attr]  # it matches b""
-        if end < len(data):
-            self._folding = False
-        if end:
+        last = max(data.rfind(b"\nd", 0, end), data.rfind(b"\n-", 0, end)) + 1
+        if last == 0 and (not end or data[0] not in b"d-"):
+            last = -1  # no job line in the folded part of this piece
+        if end == len(data) and not final:
+            if last >= 0:
+                self._last_folded_job = (pos + last, data[last])
+            self._count_folded(data, end, 1)
+            return b"", pos + end
+        self._folding = False
+        if last >= 0:
+            self._count_folded(data, last, 1)
+            return data[last:], pos + last
+        if self._last_folded_job is None:
+            self._count_folded(data, end, 1)
+            return data[end:], pos + end  # no job line in the head at all
+        # The head's last job line lies in an earlier piece: from it on,
+        # the lines are counted no more, but indexed.
+        start, state = self._last_folded_job
+        with _ReadingLock(self.fd):
+            before = _pread_all(self.fd, pos - start, start)
+        self._count_folded(before, len(before), -1)
+        self.folded_jobs[state] -= 1
+        self.folded_jobs = +self.folded_jobs
+        return before + data, start
+
+    def _count_folded(self, data: bytes, end: int, sign: int) -> None:
+        """Count (``sign`` 1) or uncount (-1) the folded lines ``data[:end]``."""
+        if sign > 0:
             # A job line starts the data or follows a newline; no other
             # foldable line starts with 'd' or '-'.
             for state in b"d-":
-                self.folded_jobs[state] += data.count(bytes((10, state)), 0, end) + (data[0] == state)
-            self.folded_lines += data.count(b"\n", 0, end)
-            self.folded_size += end
-            self.line_count = self.folded_lines
-            self.size = self.folded_size
-        return end
+                jobs = data.count(bytes((10, state)), 0, end) + (end > 0 and data[0] == state)
+                if jobs:
+                    self.folded_jobs[state] += jobs
+        self.folded_lines += sign * data.count(b"\n", 0, end)
+        self.folded_size += sign * end
+        self.line_count = self.folded_lines
+        self.size = self.folded_size
 
     def unfold(self) -> int:
         """Index the folded head after all: forget the index, so that the next
@@ -1509,18 +1535,22 @@ class Scheduler:
             first_new, new_states = self.jobfile.read_new_states()
             if self.jobfile.shrunk:
                 return  # our offsets point past its end now: claim nothing (see _why_idle)
+            notices = self.jobfile.take_set_notices()  # every indexed byte is read here
+            if any(line <= self.jobfile.folded_lines for line, _ in notices):
+                self._unfold()  # but not the folded head's: a notice names a line there
+                self.rescan()
+                return
             known, self._first_states = self._first_states, None
-            if known is not None and not new_states and len(known) == first_new:
-                # Read moments ago, and nothing appended since (so no
-                # "#runmaker set" notice either): not read a second time.  A
-                # byte another worker changed meanwhile is reread under its
-                # job lock before anything is decided on it (rule 2).
+            if known is not None and not new_states and not notices and len(known) == first_new:
+                # Read moments ago, and nothing appended since (no job, no
+                # "#runmaker set" notice): not read a second time.  A byte
+                # another worker changed meanwhile is reread under its job
+                # lock before anything is decided on it (rule 2).
                 states = bytearray(known)
             else:
                 states = bytearray(self.jobfile.states_between(0, first_new))
             states += new_states
             del new_states
-            self.jobfile.take_set_notices()  # every byte was just read
             first = 0
         else:
             self._refresh()
@@ -1734,7 +1764,7 @@ class Scheduler:
         notices = self.jobfile.take_set_notices()
         if not notices or self.jobfile.shrunk:
             return
-        if (1, 0) in notices or any(first <= self.jobfile.folded_lines for first, _ in notices):
+        if (1, 0) in notices or any(line <= self.jobfile.folded_lines for line, _ in notices):
             # A notice without lines (anything may have changed), or one
             # that names a line of the folded head: reread every byte.
             self._unfold()
@@ -4725,6 +4755,7 @@ def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> bytes:
     """
     with jobfile.warnings_held() as held:
         _, states = jobfile.read_new_states()  # a piece at a time: never the whole file in memory
+    jobfile.take_set_notices()  # every state byte was just read: older notices change nothing
     path, lines = jobfile.path, jobfile.lines
     if not jobfile.offsets and not jobfile.folded_jobs and jobfile.first_command_like is not None:
         line, raw = jobfile.first_command_like

@@ -258,3 +258,25 @@ def kill_group(pgid: int | None) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+_LOCK_HOLDER = """\
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.lockf(fd, fcntl.LOCK_SH, int(sys.argv[3]), int(sys.argv[2]))
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def hold_shared_lock(procs: Procs, path: Path, offset: int, length: int = 1) -> subprocess.Popen[bytes]:
+    """Another process holding a shared lock on ``length`` bytes of ``path``
+    from ``offset`` (0: every byte, to the end and beyond), as a reader
+    would; returned once it holds it.  It lets go when a line reaches its
+    stdin, or when it is killed (``procs.reap`` does).  A process of its own:
+    closing any descriptor of the file would drop the test process's locks."""
+    holder = subprocess.Popen([PYTHON, "-c", _LOCK_HOLDER, str(path), str(offset), str(length)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    procs.procs.append(holder)
+    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    return holder

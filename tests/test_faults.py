@@ -37,6 +37,7 @@ from conftest import (
     Procs,
     alive,
     command,
+    hold_shared_lock,
     holds_for,
     read_int,
     run,
@@ -994,26 +995,14 @@ def test_a_job_file_on_a_full_disk_ends_the_worker_with_its_jobs_stopped(tmp_pat
 # 9. What cannot be prevented: a reader holding locks; runset says what it waits for
 # --------------------------------------------------------------------------
 
-HOLDER = """\
-import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
-fcntl.lockf(fd, fcntl.LOCK_SH, 1, int(sys.argv[2]))
-print("held", flush=True)
-sys.stdin.readline()
-"""
-
-
 def test_runset_add_says_what_it_waits_for(tmp_path: Path, procs: Procs) -> None:
     """A process that may only read the job file holds a shared lock on its
     append byte: runset --add says it waits for that lock, and appends once
     it is released."""
     path = write_jobs(tmp_path / "runs.txt", ["echo a"])
-    (tmp_path / "holder.py").write_text(HOLDER)
-    holder = subprocess.Popen([PYTHON, str(tmp_path / "holder.py"), str(path), str(APPEND_BYTE)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    holder = hold_shared_lock(procs, path, APPEND_BYTE)
     try:
-        assert holder.stdout is not None and holder.stdin is not None
-        assert read_line(holder.stdout, 20) == b"held\n"
+        assert holder.stdin is not None
         adder = procs.start("runset", "--add", "echo b", "runs.txt", cwd=tmp_path)
         assert adder.stderr is not None
         said = read_line(adder.stderr, 20).decode()

@@ -8,31 +8,19 @@ whole-file read lock from a helper process.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import Procs, run
-
-_HOLD_WHOLE_FILE_LOCK = """
-import fcntl, sys, time
-f = open(sys.argv[1], "rb")
-fcntl.lockf(f, fcntl.LOCK_SH, 0, 0)  # as runmaker4's read_jobs: every byte, to the end and beyond
-print("locked", flush=True)
-time.sleep(60)
-"""
+from conftest import Procs, hold_shared_lock, run
 
 _WHY = ("runmaker4's running jobs hold no lock, so runmaker would take them for lost and run them "
         "a second time; stop runmaker4 first (never run both on one file)")
 
 
 def _hold_whole_file_lock(procs: Procs, path: Path) -> subprocess.Popen[bytes]:
-    """A process holding ``path``'s whole-file read lock as runmaker4 does, once it says so."""
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_WHOLE_FILE_LOCK, str(path)],
-                              stdout=subprocess.PIPE)
-    procs.procs.append(holder)
-    assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
-    return holder
+    """A process holding ``path``'s whole-file read lock as runmaker4's
+    read_jobs does: every byte, to the end and beyond."""
+    return hold_shared_lock(procs, path, 0, 0)
 
 
 def _refused(tmp_path, jobs: bytes, *args: str) -> str:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import gated_job, holds_for, run, states, wait_for, write_file
-from runmaker import JobFile, Scheduler
+from conftest import gated_job, hold_shared_lock, holds_for, run, states, wait_for, write_file
+from runmaker import APPEND_BYTE, JobFile, Scheduler, check_job_file
 
 
 def finished_file(path: Path, count: int, *, middle: str, tail: list[str] = ()) -> int:
@@ -149,20 +149,33 @@ def _index(path: Path, fold: bool) -> tuple[JobFile, bytes, list[str]]:
     return jobfile, states, warnings
 
 
+# Files whose folded head ends at a read piece's end (256 KiB: 32,768 lines
+# of 8 bytes): after comments, after jobs, or with the file.
+_PIECE_EDGES = {
+    "comments-end-the-piece": ["d job-1"] * 32_000 + ["# note1"] * 768 + [".   child", ". next"],
+    "jobs-end-the-piece": ["d job-1"] * 32_768 + ["# note1"] * 10 + [".   child"],
+    "the-file-ends-the-head": ["d job-1"] * 32_768 + ["# note1"] * 40_000 + ["- job-2"],
+}
+
+
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", [*range(40), *_PIECE_EDGES])
 def test_a_folded_head_indexes_the_rest_as_the_whole_index_does(tmp_path, seed):
     """A worker's JobFile only counts the finished head of the file: every
     job below it gets the same line, offsets, state, parent, and every
     directive and warning is the same, as when the whole file is indexed;
+    the head's last job stays indexed, so no job's parent is folded;
     unfold() then gives the whole index itself.  Seed 0 has a head longer
-    than a read piece (256 KiB)."""
+    than a read piece (256 KiB); _PIECE_EDGES end the head at a piece's end."""
     rng = random.Random(seed)
-    head = 40_000 if seed == 0 else rng.randrange(0, 30)
-    lines = [rng.choice(_FOLDABLE_LINES) for _ in range(head)]
-    lines += [rng.choice(_OTHER_LINES + _FOLDABLE_LINES) for _ in range(rng.randrange(0, 30))]
+    if seed in _PIECE_EDGES:
+        lines, last = _PIECE_EDGES[seed], "\n"
+    else:
+        head = 40_000 if seed == 0 else rng.randrange(0, 30)
+        lines = [rng.choice(_FOLDABLE_LINES) for _ in range(head)]
+        lines += [rng.choice(_OTHER_LINES + _FOLDABLE_LINES) for _ in range(rng.randrange(0, 30))]
+        last = rng.choice(["", "\n"])  # the last line with or without its newline
     path = tmp_path / "runs.txt"
-    last = rng.choice(["", "\n"])  # the last line with or without its newline
     path.write_text("\n".join(lines) + last)
     whole, whole_states, whole_warnings = _index(path, fold=False)
     folded, states, warnings = _index(path, fold=True)
@@ -174,10 +187,14 @@ def test_a_folded_head_indexes_the_rest_as_the_whole_index_does(tmp_path, seed):
         assert (states, warnings) == (whole_states[shift:], whole_warnings)
         for name in ("lines", "offsets", "ends"):
             assert getattr(folded, name).tolist() == getattr(whole, name).tolist()[shift:]
-        # A parent in the folded head is finished: the folded index has none.
         parents = [whole.parent_of(i) for i in range(shift, len(whole.offsets))]
-        assert [p if p >= shift else -1 for p in parents] == [
-            q + shift if q >= 0 else -1 for q in map(folded.parent_of, range(len(folded.offsets)))]
+        assert all(p < 0 or p >= shift for p in parents)  # no parent is folded
+        assert parents == [q + shift if q >= 0 else -1 for q in map(folded.parent_of, range(len(folded.offsets)))]
+        if seed in _PIECE_EDGES:
+            assert len(folded.offsets) == len(whole.offsets) - shift > 0
+            # The head's last job: the first one indexed.
+            assert whole.lines[shift] == {"comments-end-the-piece": 32_000, "jobs-end-the-piece": 32_768,
+                                          "the-file-ends-the-head": 72_769}[seed]
         assert [b - shift for b in whole.barriers] == folded.barriers
         for name in ("barrier_lines", "kills", "kill_offsets", "max_running", "line_count", "size",
                      "unfinished", "command_like_lines", "first_command_like"):
@@ -315,3 +332,63 @@ def test_a_listing_without_an_index_probes_running_jobs(tmp_path, procs):
     result = run("runset", "-l", "runs.txt", cwd=tmp_path)
     assert result.stdout.decode().splitlines() == [
         "1: d - true", "2: r - " + gated_job("held") + " [lost]", "3: . - true"]
+
+
+@pytest.mark.timeout(60)
+def test_a_child_of_the_heads_last_job_rereads_it_before_it_starts(tmp_path, procs):
+    """runset writes a state byte first and appends its notice after: a
+    reader holding the reading lock (a long scan) delays the notice.  A
+    child below the folded head must not start meanwhile once its parent,
+    the head's last job, was set back: it rereads the parent's byte."""
+    path = tmp_path / "runs.txt"
+    children = [f".   echo c{i} >> order; sleep 0.2" for i in range(1, 9)]
+    write_file(path, [f"d true {i}" for i in range(100)] + ["d echo parent >> order", *children])
+    order = tmp_path / "order"
+
+    def ran() -> list[str]:
+        return order.read_text().split() if order.exists() else []
+
+    worker = procs.start("runmaker", "-q", "-j1", "runs.txt", cwd=tmp_path)
+    wait_for(lambda: ran(), what="the first child")
+    reader = hold_shared_lock(procs, path, APPEND_BYTE)  # the reading lock, as a long scan holds it
+    setter = procs.start("runset", "--set", ".", "runs.txt", "101", cwd=tmp_path)
+    wait_for(lambda: states(path)[100] == ".", what="the parent's byte set back")
+    seen = len(ran())
+    assert not path.read_bytes().endswith(b"#runmaker set 101\n")  # the notice waits
+    holds_for(lambda: "parent" in ran() or len(ran()) <= seen + 1, 1.0, "no child started past the one running")
+    reader.kill()
+    assert setter.wait(timeout=20) == 0
+    assert worker.wait(timeout=30) == 0
+    assert ran().index("parent") <= seen + 1
+    assert sorted(ran()) == sorted(["parent"] + [f"c{i}" for i in range(1, 9)])
+    assert states(path) == "d" * 109
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("line", [1, 2])  # folded, and the head's last job
+@pytest.mark.parametrize("append", [False, True])
+def test_a_line_set_back_before_the_scheduler_starts_is_run(tmp_path, line, append):
+    """Between a worker's first read (check_job_file) and its scheduler's
+    first look, runset sets a finished line back (and perhaps adds a job):
+    its notice is followed, whether the line is folded or not."""
+    path = tmp_path / "runs.txt"
+    path.write_text("d echo one\nd echo two\n. echo three\n")
+    jobfile = JobFile(str(path), fold=True)
+    scheduler = None
+    try:
+        states_read = check_job_file(jobfile, notify=pytest.fail)
+        assert jobfile.folded_lines == 1
+        result = run("runset", "--set", ".", "runs.txt", str(line), cwd=tmp_path)
+        assert (result.returncode, result.stderr) == (0, b"")
+        if append:
+            assert run("runset", "--add", "echo four", "runs.txt", cwd=tmp_path).returncode == 0
+        scheduler = Scheduler(jobfile, states=states_read)
+        claims = scheduler.claim_jobs(4, idle=True)
+        assert sorted(claim.line for claim in claims) == [line, 3] + [5] * append
+        for claim in claims:
+            scheduler.finish_job(claim, "d")
+    finally:
+        if scheduler is not None:
+            scheduler.close()
+        jobfile.close()
+    assert states(path) == "d" * (3 + append)

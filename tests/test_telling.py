@@ -46,14 +46,17 @@ def test_lost_jobs_marked_e_are_named_in_one_line(tmp_path):
 
 
 @pytest.mark.timeout(30)
-def test_a_file_of_bare_commands_is_one_error_line_and_exit_2(tmp_path):
-    text = "".join(f"echo {n}; sleep 1\n" for n in range(30))
+@pytest.mark.parametrize("head", ["", "# my jobs\n\n"])
+def test_a_file_of_bare_commands_is_one_error_line_and_exit_2(tmp_path, head):
+    """Also under a comment and a blank line (a worker counts those without indexing them)."""
+    text = head + "".join(f"echo {n}; sleep 1\n" for n in range(30))
     (tmp_path / "runs.txt").write_text(text)
     result = run("runmaker", "-l", "runs.log", "runs.txt", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stdout == b""
+    first = head.count("\n") + 1
     assert result.stderr.decode().splitlines() == [
-        "Error: runs.txt: no job line, but 30 lines that look like commands (line 1: 'echo 0; sleep 1'); "
+        f"Error: runs.txt: no job line, but 30 lines that look like commands (line {first}: 'echo 0; sleep 1'); "
         "a job line is a state byte, a space, then the command: '. echo 0; sleep 1'"
     ]
     assert (tmp_path / "runs.txt").read_text() == text
