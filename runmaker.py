@@ -3681,12 +3681,15 @@ _UNKNOWN_STATE = re.compile(rb"[^.+rd!e\-]")
 _UNKNOWN_OR_FAILED = re.compile(rb"[^.+rd\-]")
 _PENDING_STATES = re.compile(rb"[.+]")
 _LIST_CHUNK = 1 << 16  # jobs formatted per piece of runset's output
-# A line that is no plain job line (see _plain_and_live): a state other than
-# .+rd-, no single space after it, or a command that starts blank or is none.
-_NOT_PLAIN_START = re.compile(rb"\n(?:[^.+rd\-]|[^\n][^ ]|[^\n] [ \t\r\x0b\x0c\n])")
-_RUNNING_LINE = re.compile(rb"\nr ")
-_PLAIN_JSON = ('{"line": %d, "state": "%c", "command": %s, "lost": false, "parent": null, '
-               '"blocked_by": null}\n')
+# After a newline, a line that is no plain job line (see _plain_and_live):
+# a state other than .+rd-, no single space after it, or a command that
+# starts blank or is none; else an ``r`` (two bytes: a running job's line).
+_NOT_PLAIN_OR_RUNNING = re.compile(rb"\n(?:[^.+rd\-]|[^\n][^ ]|[^\n] [ \t\r\x0b\x0c\n]|r)")
+# What a listing of plain job lines puts around each line number and command.
+_PLAIN_TEXT = {state: f": {state} - " for state in ".+rd-"}
+_PLAIN_JSON = {state: f', "state": "{state}", "command": ' for state in ".+rd-"}
+_PLAIN_JSON_END = ', "lost": false, "parent": null, "blocked_by": null}\n'
+_THREE_DIGITS = [f"{low:03d}" for low in range(1000)]
 _SET_BATCH = 1024  # job locks --set holds at once, so one fsync covers many bytes
 _SET_TRIES = 5  # a lock held through all of them (~0.1 s) is a running job's
 _SET_RETRY_PAUSE = 0.025
@@ -4580,15 +4583,21 @@ def _plain_and_live(jobfile: JobFile, data: bytes) -> bool:
     """
     if not data:
         return False
-    if _NOT_PLAIN_START.match(b"\n" + data[:3]) or _NOT_PLAIN_START.search(data):
-        return False
-    last = data.rfind(b"\n") + 1
-    if last < len(data) and _NOT_PLAIN_START.match(b"\n" + data[last:] + b"\n"):
-        return False  # the last line, without its newline
-    running = [m.start() + 1 for m in _RUNNING_LINE.finditer(data)]
-    if data.startswith(b"r"):
-        running.insert(0, 0)
-    for offset in running:
+    tail = data.rfind(b"\n") + 1  # where a last line without newline starts
+    running: set[int] = set()
+    # The first line, which follows no newline; every line after a newline;
+    # the last line without its newline, given one.
+    looks = [(b"\n" + data[:3], -1), (data[:tail], 0)]
+    if tail < len(data):
+        looks.append((b"\n" + data[tail:] + b"\n", tail - 1))
+    for text, base in looks:
+        pos = 0
+        while (found := _NOT_PLAIN_OR_RUNNING.search(text, pos)) is not None:
+            if found.end() - found.start() > 2 or text[found.start() + 1] != ord("r"):
+                return False
+            running.add(base + found.end() - 1)
+            pos = found.end()
+    for offset in sorted(running):
         current = _lock_and_reread_job(jobfile.fd, offset, exclusive=False)
         if current is None:
             continue  # held: the job is live
@@ -4597,30 +4606,51 @@ def _plain_and_live(jobfile: JobFile, data: bytes) -> bool:
     return True
 
 
+def _line_numbers(first: int, count: int) -> list[str]:
+    """``str(n)`` of ``count`` line numbers from ``first``, a thousand at a
+    time: the last three digits come from a table (str() of each int is
+    most of a listing's time)."""
+    numbers: list[str] = []
+    number, stop = first, first + count
+    while number < stop:
+        thousands, low = divmod(number, 1000)
+        end = min(stop, number - low + 1000)
+        if thousands:
+            numbers += map(str(thousands).__add__, _THREE_DIGITS[low : low + end - number])
+        else:
+            numbers += map(str, range(number, end))
+        number = end
+    return numbers
+
+
 def _plain_listing(data: bytes, as_json: bool) -> Iterator[str]:
     """``runset --list``/``--json`` of a file that _plain_and_live passed:
     the same text as list_jobs makes from the index, a piece at a time,
-    with no Python statement per line (C-level maps over each piece)."""
+    with no Python statement per line (C-level maps over each piece, and
+    one join of its lines' parts)."""
     line = 1
     start = 0
     while start < len(data):
         cut = data.find(b"\n", start + _INDEX_CHUNK) + 1 or len(data)
-        jobs = data[start:cut].split(b"\n")
-        if not jobs[-1]:
-            jobs.pop()  # the empty piece after the last newline
+        piece = data[start:cut].rstrip(b"\n")
         start = cut
-        numbers = range(line, line + len(jobs))
-        line += len(jobs)
-        lasts = bytes(map(operator.itemgetter(-1), jobs))
-        if len(lasts.translate(None, _TRAILING_SPACE)) < len(jobs):
-            jobs = list(map(bytes.rstrip, jobs))  # as the index cuts trailing blanks
-        states = map(operator.itemgetter(0), jobs)
-        commands = map(operator.itemgetter(slice(_COMMAND_SKIP, None)), jobs)
+        jobs = piece.split(b"\n")
+        if len(bytes(map(operator.itemgetter(-1), jobs)).translate(None, _TRAILING_SPACE)) < len(jobs):
+            piece = b"\n".join(map(bytes.rstrip, jobs))  # as the index cuts trailing blanks
+        # The state byte and the space are ASCII: decoding whole lines
+        # decodes each command as the index's listing does.
+        lines = _shown(piece).split("\n")
+        numbers = _line_numbers(line, len(lines))
+        line += len(lines)
+        states = map(operator.itemgetter(0), lines)
+        commands = map(operator.itemgetter(slice(_COMMAND_SKIP, None)), lines)
+        parts: Iterable[tuple[str, ...]]
         if as_json:
-            shown = map(_json_string, _shown(b"\n".join(commands)).split("\n"))
-            yield "".join(map(_PLAIN_JSON.__mod__, zip(numbers, states, shown, strict=True)))
+            parts = zip(itertools.repeat('{"line": '), numbers, map(_PLAIN_JSON.__getitem__, states),
+                        map(_json_string, commands), itertools.repeat(_PLAIN_JSON_END))
         else:
-            yield _shown(b"".join(map(b"%d: %c - %s\n".__mod__, zip(numbers, states, commands, strict=True))))
+            parts = zip(numbers, map(_PLAIN_TEXT.__getitem__, states), commands, itertools.repeat("\n"))
+        yield "".join(itertools.chain.from_iterable(parts))
 
 
 def _count_states(jobfile: JobFile) -> tuple[collections.Counter[int], int]:
