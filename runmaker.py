@@ -3688,7 +3688,12 @@ _NOT_PLAIN_OR_RUNNING = re.compile(rb"\n(?:[^.+rd\-]|[^\n][^ ]|[^\n] [ \t\r\x0b\
 # What a listing of plain job lines puts around each line number and command.
 _PLAIN_TEXT = {state: f": {state} - " for state in ".+rd-"}
 _PLAIN_JSON = {state: f', "state": "{state}", "command": ' for state in ".+rd-"}
+_PLAIN_JSON_QUOTED = {state: text + '"' for state, text in _PLAIN_JSON.items()}
 _PLAIN_JSON_END = ', "lost": false, "parent": null, "blocked_by": null}\n'
+# What json.dumps escapes in a string (its ASCII encoder) besides the quote,
+# the backslash and non-ASCII bytes: a piece without any needs each command
+# only put between quotes.
+_JSON_CONTROLS = bytes(range(0x20)).replace(b"\n", b"") + b"\x7f"
 _THREE_DIGITS = [f"{low:03d}" for low in range(1000)]
 _SET_BATCH = 1024  # job locks --set holds at once, so one fsync covers many bytes
 _SET_TRIES = 5  # a lock held through all of them (~0.1 s) is a running job's
@@ -4606,19 +4611,19 @@ def _plain_and_live(jobfile: JobFile, data: bytes) -> bool:
     return True
 
 
-def _line_numbers(first: int, count: int) -> list[str]:
-    """``str(n)`` of ``count`` line numbers from ``first``, a thousand at a
-    time: the last three digits come from a table (str() of each int is
-    most of a listing's time)."""
+def _line_numbers(first: int, count: int, before: str) -> list[str]:
+    """``before + str(n)`` for ``count`` line numbers from ``first``, a
+    thousand at a time: the last three digits come from a table (str() of
+    each int would be most of a listing's time)."""
     numbers: list[str] = []
     number, stop = first, first + count
     while number < stop:
         thousands, low = divmod(number, 1000)
         end = min(stop, number - low + 1000)
         if thousands:
-            numbers += map(str(thousands).__add__, _THREE_DIGITS[low : low + end - number])
+            numbers += map((before + str(thousands)).__add__, _THREE_DIGITS[low : low + end - number])
         else:
-            numbers += map(str, range(number, end))
+            numbers += map(before.__add__, map(str, range(number, end)))
         number = end
     return numbers
 
@@ -4626,8 +4631,9 @@ def _line_numbers(first: int, count: int) -> list[str]:
 def _plain_listing(data: bytes, as_json: bool) -> Iterator[str]:
     """``runset --list``/``--json`` of a file that _plain_and_live passed:
     the same text as list_jobs makes from the index, a piece at a time,
-    with no Python statement per line (C-level maps over each piece, and
-    one join of its lines' parts)."""
+    with no Python statement per line: C-level maps over each piece, and
+    one join of three parts a line (the end of the line before and this
+    one's number, its state's text, its command)."""
     line = 1
     start = 0
     while start < len(data):
@@ -4639,18 +4645,22 @@ def _plain_listing(data: bytes, as_json: bool) -> Iterator[str]:
             piece = b"\n".join(map(bytes.rstrip, jobs))  # as the index cuts trailing blanks
         # The state byte and the space are ASCII: decoding whole lines
         # decodes each command as the index's listing does.
-        lines = _shown(piece).split("\n")
-        numbers = _line_numbers(line, len(lines))
-        line += len(lines)
+        text = _shown(piece)
+        lines = text.split("\n")
         states = map(operator.itemgetter(0), lines)
-        commands = map(operator.itemgetter(slice(_COMMAND_SKIP, None)), lines)
-        parts: Iterable[tuple[str, ...]]
-        if as_json:
-            parts = zip(itertools.repeat('{"line": '), numbers, map(_PLAIN_JSON.__getitem__, states),
-                        map(_json_string, commands), itertools.repeat(_PLAIN_JSON_END))
-        else:
-            parts = zip(numbers, map(_PLAIN_TEXT.__getitem__, states), commands, itertools.repeat("\n"))
-        yield "".join(itertools.chain.from_iterable(parts))
+        commands: Iterable[str] = map(operator.itemgetter(slice(_COMMAND_SKIP, None)), lines)
+        if not as_json:
+            end, head, texts = "\n", "", _PLAIN_TEXT
+        elif (not piece.isascii() or b'"' in piece or b"\\" in piece
+              or len(piece.translate(None, _JSON_CONTROLS)) < len(piece)):
+            end, head, texts = _PLAIN_JSON_END, '{"line": ', _PLAIN_JSON
+            commands = map(_json_string, commands)
+        else:  # each command as JSON is itself between quotes
+            end, head, texts = '"' + _PLAIN_JSON_END, '{"line": ', _PLAIN_JSON_QUOTED
+        numbers = _line_numbers(line, len(lines), end + head)
+        line += len(lines)
+        parts = zip(numbers, map(texts.__getitem__, states), commands, strict=True)
+        yield "".join(itertools.chain.from_iterable(parts))[len(end):] + end
 
 
 def _count_states(jobfile: JobFile) -> tuple[collections.Counter[int], int]:

@@ -187,7 +187,8 @@ def _wait_until(what: str, ready: Callable[[], bool], timeout: float, live: Live
 
 
 def _settle(live: Live, size: int, timeout: float = 300.0) -> None:
-    """Wait until ``live`` has read the whole file once and then nothing for 2 s.
+    """Wait until ``live`` has read the whole file once and then less than
+    4 KiB in 2 s (a poll for appended lines reads a few bytes a second).
 
     (Its start-up reads modules too, so rchar passes the file's size before
     the indexing ends; on a busy machine that end comes seconds later.)
@@ -198,7 +199,7 @@ def _settle(live: Live, size: int, timeout: float = 300.0) -> None:
     while time.monotonic() - since < 2.0 and time.monotonic() < deadline:
         time.sleep(0.1)
         now = live.rchar()
-        if now != last:
+        if now - last >= 4 * KIB:
             last, since = now, time.monotonic()
 
 

@@ -265,30 +265,40 @@ def test_a_child_of_a_folded_job_set_back_waits_for_its_parent_again(tmp_path, p
 
 
 _PLAIN_COMMANDS = ["true", "echo 'a b'  ", "x\xe9y", "q\"uote\\d", "ctl\x01\x1f", "tab\tin", "trail\r",
-                   "é ü", "{\"json\": 1}"]
+                   "é ü", "{\"json\": 1}", "del\x7f"]
+_JSON_AS_IS = ["true", "echo 'a b'  ", "sleep 1 # {x: [1]} ~"]  # nothing JSON escapes
 _NOT_PLAIN = ["# comment", "", "d\ttab", ".   indented", "d \t", "#runmaker barrier", "! failed",
               "x odd", "ls -l"]
 
 
+# One command JSON escapes, among commands it does not.
+_ONE_ESCAPE = {"quote": 'say "hi"', "backslash": "a\\b", "non-ascii": "café", "control": "ctl\x1b[0m",
+               "del": "del\x7f"}
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", [*range(16), *_ONE_ESCAPE])
 def test_a_listing_without_an_index_is_the_indexs_listing(tmp_path, seed):
     """runset -l/--json of a file of plain job lines formats it without an
     index: the same bytes as the index's listing (``--grep ''`` always
     goes that way), and files with any other line still go the index's way.
-    Seed 0 is larger than a read piece (256 KiB)."""
+    Seed 0 is larger than a read piece (256 KiB); every fourth seed's
+    commands need no JSON escapes, and each of _ONE_ESCAPE's but one."""
     from runmaker import _plain_and_live, _read_whole
 
-    rng = random.Random(seed)
+    rng = random.Random(str(seed))
     count = 30_000 if seed == 0 else rng.randrange(1, 40)
-    lines = [rng.choice(".+d-") + " " + rng.choice(_PLAIN_COMMANDS) + str(i) * rng.randrange(2)
-             for i in range(count)]
-    plain = seed % 3 != 2
-    if not plain:
+    commands = _JSON_AS_IS if seed in _ONE_ESCAPE or seed % 4 == 3 else _PLAIN_COMMANDS
+    lines = [rng.choice(".+d-") + " " + rng.choice(commands) + str(i) * rng.randrange(2) for i in range(count)]
+    plain = seed in _ONE_ESCAPE or seed % 3 != 2
+    if seed in _ONE_ESCAPE:
+        lines.insert(rng.randrange(len(lines) + 1), ". " + _ONE_ESCAPE[seed])
+        count += 1
+    elif not plain:
         lines.insert(rng.randrange(len(lines) + 1), rng.choice(_NOT_PLAIN))
     path = tmp_path / "runs.txt"
-    path.write_bytes("\n".join(lines).encode("utf-8", "surrogateescape") + rng.choice([b"", b"\n"])
-                     + (b"\xff\xfe" if seed == 1 else b""))
+    path.write_bytes("\n".join(lines).encode("utf-8", "surrogateescape") + (b"\xff\xfe" if seed == 1 else b"")
+                     + rng.choice([b"", b"\n"]))
     jobfile = JobFile(str(path), writable=False)
     try:
         assert _plain_and_live(jobfile, _read_whole(jobfile)) is plain
