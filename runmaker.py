@@ -278,22 +278,28 @@ def _is_locked_elsewhere(fd: int, offset: int, length: int = 1) -> bool:
     return True
 
 
-# No runmaker process ever locks this byte, so only a lock over a range that
-# covers it can be held there: runmaker4's whole-file read lock
+# No runmaker process ever holds a lock in this range, so only a lock over a
+# range that covers it can be held there: runmaker4's whole-file read lock
 # (lockf(f, LOCK_SH, 0, 0), taken by runmaker4, runset4.py and runwait4.py
-# to read the file), or any other whole-file lock.
-_WHOLE_FILE_PROBE = APPEND_BYTE - 1
+# to read the file), or any other whole-file lock.  Each probe picks one of
+# its bytes at random: runmaker processes starting together probe at the
+# same moments, and two probes of one byte would take each other for a
+# whole-file lock.
+_WHOLE_FILE_PROBES = range(APPEND_BYTE - (1 << 20), APPEND_BYTE)
 
 
 def _whole_file_locked_elsewhere(fd: int) -> bool:
     """True while another process holds a lock covering the whole file.
 
-    An exclusive attempt (so a shared lock conflicts too; the descriptor
-    must be writable), released at once if won.
+    Two exclusive attempts (so a shared lock conflicts too; the descriptor
+    must be writable) at random bytes of _WHOLE_FILE_PROBES, each released
+    at once if won: a whole-file lock refuses both.
     """
-    if _lock_byte(fd, _WHOLE_FILE_PROBE, exclusive=True, wait=False):
-        _unlock_byte(fd, _WHOLE_FILE_PROBE)
-        return False
+    for _ in range(2):
+        probe = random.choice(_WHOLE_FILE_PROBES)
+        if _lock_byte(fd, probe, exclusive=True, wait=False):
+            _unlock_byte(fd, probe)
+            return False
     return True
 
 
@@ -415,7 +421,8 @@ def _lock_byte_within(
 #  2. Decide on the byte reread, never on a cached one: Scheduler._claim
 #     (runnable? and its parent, read under the child's lock, done?:
 #     Scheduler._parent_done_now), Scheduler._mark_lost_jobs (still 'r'?),
-#     _set_unlocked_jobs (still selected?), _probe_running_jobs (still 'r'?).
+#     _set_unlocked_jobs (still selected?), _probe_running_jobs and
+#     _running_without_lock (still 'r'?).
 #  3. Write the one byte while holding the lock (a host that holds no lock
 #     may write back whole cached pages over other hosts' bytes):
 #     _write_job_state.
@@ -4816,8 +4823,7 @@ def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> bytes:
         )
     running = [m.start() for m in re.finditer(rb"r", states)]
     if running and _whole_file_locked_elsewhere(jobfile.fd):
-        # A shared probe: it passes the whole-file read lock, not a worker's job lock.
-        unlocked = [i for i in running if not _is_locked_elsewhere(jobfile.fd, jobfile.offsets[i])]
+        unlocked = _running_without_lock(jobfile, running)
         if unlocked:
             raise RunmakerError(
                 f"{path}: jobs at line {_line_ranges(lines, unlocked)} are 'r' with no job lock while "
@@ -4825,6 +4831,25 @@ def check_job_file(jobfile: JobFile, notify: Callable[[str], None]) -> bytes:
                 f"{_RUNMAKER4}"
             )
     return states
+
+
+def _running_without_lock(jobfile: JobFile, running: list[int]) -> list[int]:
+    """The jobs among ``running`` that are ``r`` now with no job lock held.
+
+    A shared probe: it passes a whole-file read lock, not a worker's job
+    lock.  The byte is reread under it: a job that another worker finished
+    since it was read is ``d`` and unlocked, and no trace of runmaker4.
+    """
+    unlocked = []
+    for index in running:
+        offset = jobfile.offsets[index]
+        current = _lock_and_reread_job(jobfile.fd, offset, exclusive=False)
+        if current is None:
+            continue  # held: a live job
+        _release_job_locks(jobfile.fd, (offset,), written=False)
+        if current == b"r":
+            unlocked.append(index)
+    return unlocked
 
 
 def _save_job_lock_counts() -> None:

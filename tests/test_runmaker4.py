@@ -85,3 +85,36 @@ def test_lost_jobs_without_a_whole_file_lock_are_marked_e_as_before(tmp_path):
     result = run("runmaker", "runs.txt", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "runs.txt").read_bytes() == b"e echo lost\nd echo a\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_lock_on_one_byte_where_runmaker_probes_is_no_whole_file_lock(tmp_path, procs):
+    """Workers starting together probe for runmaker4's whole-file lock at
+    the same moments: another worker's probe (one byte, held an instant) is
+    no whole-file lock, so a lost job is marked 'e' as usual, not refused."""
+    (tmp_path / "runs.txt").write_bytes(b"r echo lost\n. echo a\n")
+    hold_shared_lock(procs, tmp_path / "runs.txt", 2**40 - 2)  # a byte the probes may pick
+    result = run("runmaker", "runs.txt", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "runs.txt").read_bytes() == b"e echo lost\nd echo a\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_running_job_that_ended_since_the_first_read_is_no_trace_of_runmaker4(tmp_path, procs):
+    """Under a whole-file lock, a job read as 'r' that another worker has
+    finished meanwhile (its byte 'd', its lock gone) is not taken for one
+    of runmaker4's: the byte is reread under the probe."""
+    from runmaker import JobFile, _running_without_lock
+
+    path = tmp_path / "runs.txt"
+    path.write_bytes(b"d echo a\nr echo ended\nr echo lost\n")
+    _hold_whole_file_lock(procs, path)
+    jobfile = JobFile(str(path), writable=False)
+    try:
+        jobfile.read_new_states()
+        with open(path, "r+b") as f:  # the other worker's last write, its lock released
+            f.seek(path.read_bytes().index(b"r echo ended"))
+            f.write(b"d")
+        assert _running_without_lock(jobfile, [1, 2]) == [2]
+    finally:
+        jobfile.close()
