@@ -3702,6 +3702,8 @@ _PLAIN_JSON_END = ', "lost": false, "parent": null, "blocked_by": null}\n'
 # only put between quotes.
 _JSON_CONTROLS = bytes(range(0x20)).replace(b"\n", b"") + b"\x7f"
 _THREE_DIGITS = [f"{low:03d}" for low in range(1000)]
+_TRAILING_TEXT = _TRAILING_SPACE.decode()  # what bytes.rstrip() cuts, and not str.rstrip()'s Unicode blanks
+_NOT_TRAILING = str.maketrans("", "", _TRAILING_TEXT)
 _SET_BATCH = 1024  # job locks --set holds at once, so one fsync covers many bytes
 _SET_TRIES = 5  # a lock held through all of them (~0.1 s) is a running job's
 _SET_RETRY_PAUSE = 0.025
@@ -4647,13 +4649,11 @@ def _plain_listing(data: bytes, as_json: bool) -> Iterator[str]:
         cut = data.find(b"\n", start + _INDEX_CHUNK) + 1 or len(data)
         piece = data[start:cut].rstrip(b"\n")
         start = cut
-        jobs = piece.split(b"\n")
-        if len(bytes(map(operator.itemgetter(-1), jobs)).translate(None, _TRAILING_SPACE)) < len(jobs):
-            piece = b"\n".join(map(bytes.rstrip, jobs))  # as the index cuts trailing blanks
         # The state byte and the space are ASCII: decoding whole lines
         # decodes each command as the index's listing does.
-        text = _shown(piece)
-        lines = text.split("\n")
+        lines = _shown(piece).split("\n")
+        if len("".join(map(operator.itemgetter(-1), lines)).translate(_NOT_TRAILING)) < len(lines):
+            lines = list(map(operator.methodcaller("rstrip", _TRAILING_TEXT), lines))  # as the index does
         states = map(operator.itemgetter(0), lines)
         commands: Iterable[str] = map(operator.itemgetter(slice(_COMMAND_SKIP, None)), lines)
         if not as_json:
