@@ -184,8 +184,11 @@ def main(
     else:
         listing = runmaker.list_jobs(file, selection, as_json=as_json, summary=summary,
                                      warn=runmaker.echo_to_stderr)
+        # Written as listed: click.echo would cut ANSI escapes out of the
+        # commands whenever stdout is no terminal (grep must find them).
         for text in listing:
-            click.echo(text, nl=False)
+            sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -402,3 +402,14 @@ def test_a_line_set_back_before_the_scheduler_starts_is_run(tmp_path, line, appe
             scheduler.close()
         jobfile.close()
     assert states(path) == "d" * (3 + append)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("lines", [[". printf '\x1b[31mred\x1b[0m'"], [". printf '\x1b[31mred\x1b[0m'", "# x"]])
+def test_a_listing_keeps_escape_sequences_in_commands(tmp_path, lines):
+    """runset -l into a pipe or a file writes each command as it is in the
+    job file, escape sequences too, without and with the index."""
+    write_file(tmp_path / "runs.txt", lines)
+    result = run("runset", "-l", "runs.txt", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout == b"1: . - printf '\x1b[31mred\x1b[0m'\n"
