@@ -4642,7 +4642,8 @@ def _plain_listing(data: bytes, as_json: bool) -> Iterator[str]:
     the same text as list_jobs makes from the index, a piece at a time,
     with no Python statement per line: C-level maps over each piece, and
     one join of three parts a line (the end of the line before and this
-    one's number, its state's text, its command)."""
+    one's number, its state's text, its command), laid out by slice
+    assignments."""
     line = 1
     start = 0
     while start < len(data):
@@ -4664,10 +4665,12 @@ def _plain_listing(data: bytes, as_json: bool) -> Iterator[str]:
             commands = map(_json_string, commands)
         else:  # each command as JSON is itself between quotes
             end, head, texts = '"' + _PLAIN_JSON_END, '{"line": ', _PLAIN_JSON_QUOTED
-        numbers = _line_numbers(line, len(lines), end + head)
+        parts = [""] * (3 * len(lines))  # filled by C-level slice assignments
+        parts[0::3] = _line_numbers(line, len(lines), end + head)
+        parts[1::3] = map(texts.__getitem__, states)
+        parts[2::3] = commands
         line += len(lines)
-        parts = zip(numbers, map(texts.__getitem__, states), commands, strict=True)
-        yield "".join(itertools.chain.from_iterable(parts))[len(end):] + end
+        yield "".join(parts)[len(end):] + end
 
 
 def _count_states(jobfile: JobFile) -> tuple[collections.Counter[int], int]:
