@@ -3681,8 +3681,11 @@ _PLACEHOLDER = b"~ "
 _APPEND_PATIENCE = 60.0  # seconds runset waits for the append lock
 _SUMMARY_ORDER = b"+.rd!e-"
 # A line that is no job line: no state byte, no space or tab after it, or
-# only blanks after that.
-_NOT_JOB_LINE = re.compile(rb"\n(?:[#/ \t\r\n\x0b\x0c]|[^\n][^ \t]|[^\n][ \t][ \t\r\x0b\x0c]*\n)")
+# only blanks after that; or a job line the index warns about (a tab in the
+# indent of its command).
+_NOT_JOB_LINE = re.compile(
+    rb"\n(?:[#/ \t\r\n\x0b\x0c]|[^\n][^ \t]|[^\n][ \t][ \t\r\x0b\x0c]*\n|[^\n][ \t] *\t)"
+)
 _RUNNING_JOB = re.compile(rb"^r[ \t]", re.M)  # in a piece of job lines only (_count_states)
 _UNKNOWN_STATE = re.compile(rb"[^.+rd!e\-]")
 _UNKNOWN_OR_FAILED = re.compile(rb"[^.+rd\-]")

@@ -184,11 +184,10 @@ def main(
     else:
         listing = runmaker.list_jobs(file, selection, as_json=as_json, summary=summary,
                                      warn=runmaker.echo_to_stderr)
-        # Written as listed: click.echo would cut ANSI escapes out of the
-        # commands whenever stdout is no terminal (grep must find them).
         for text in listing:
-            sys.stdout.write(text)
-        sys.stdout.flush()
+            # color=True: as listed, or click would cut ANSI escapes out of
+            # the commands whenever stdout is no terminal (grep must find them).
+            click.echo(text, nl=False, color=True)
 
 
 if __name__ == "__main__":

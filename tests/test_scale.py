@@ -6,13 +6,15 @@ processes; the speed figures themselves are benchmarks/scale.py's."""
 from __future__ import annotations
 
 import collections
+import os
 import random
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import gated_job, hold_shared_lock, holds_for, run, states, wait_for, write_file
+from conftest import command, gated_job, hold_shared_lock, holds_for, run, states, wait_for, write_file
 from runmaker import APPEND_BYTE, JobFile, Scheduler, check_job_file
 
 
@@ -413,3 +415,28 @@ def test_a_listing_keeps_escape_sequences_in_commands(tmp_path, lines):
     result = run("runset", "-l", "runs.txt", cwd=tmp_path)
     assert (result.returncode, result.stderr) == (0, b"")
     assert result.stdout == b"1: . - printf '\x1b[31mred\x1b[0m'\n"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("option", ["-l", "--json", "--summary"])
+def test_a_listing_to_an_ascii_or_closed_stdout_is_no_traceback(tmp_path, option):
+    """An ASCII-only stdout gets UTF-8 as before; a closed one, nothing."""
+    (tmp_path / "runs.txt").write_bytes(b"d caf\xc3\xa9\n\xc3 odd state\n")
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    ascii_out = run("runset", option, "runs.txt", cwd=tmp_path, env=env)
+    assert (ascii_out.returncode, ascii_out.stderr) == (0, b"")
+    assert ascii_out.stdout == run("runset", option, "runs.txt", cwd=tmp_path).stdout
+    shown = {"-l": "1: d - café\n".encode(), "--json": b'"command": "caf\\u00e9"', "--summary": "\ufffd".encode()}
+    assert shown[option] in ascii_out.stdout
+    closed = subprocess.run([*command("runset"), option, "runs.txt"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, pass_fds=(), preexec_fn=lambda: os.close(1), timeout=30)
+    assert (closed.returncode, closed.stderr) == (0, b"")
+
+
+@pytest.mark.timeout(60)
+def test_summary_warns_of_a_tab_in_an_indent_as_the_index_does(tmp_path):
+    (tmp_path / "runs.txt").write_bytes(b". a\n. \tb\n")
+    counted = run("runset", "--summary", "runs.txt", cwd=tmp_path)
+    indexed = run("runset", "--summary", "--grep", "", "runs.txt", cwd=tmp_path)
+    assert (counted.stdout, counted.stderr) == (indexed.stdout, indexed.stderr)
+    assert counted.stderr == b"Warning: runs.txt:2: tabs in the indent count as one space each\n"
