@@ -432,8 +432,8 @@ def _lock_byte_within(
 #     A claim's lock is kept for the whole job: 'r' locked = running.
 #  5. A liveness probe is a lock attempt released at once (shared: enough to
 #     conflict with a running job's exclusive lock), never F_GETLK, which
-#     over NFS may answer from stale state: _lock_and_reread_job(...,
-#     exclusive=False) then _release_job_locks; _is_locked_elsewhere (slots).
+#     over NFS may answer from stale state: _probe_job (jobs),
+#     _is_locked_elsewhere (slots).
 # --------------------------------------------------------------------------
 
 # A job line is ``S C``: the state byte, one separator, then the command.
@@ -476,6 +476,16 @@ def _release_job_locks(fd: int, offsets: Iterable[int], written: bool) -> None:
         os.fsync(fd)  # before unlocking: over NFS another host reads once it wins the lock
     for offset in offsets:
         _unlock_byte(fd, offset)
+
+
+def _probe_job(fd: int, offset: int) -> bytes | None:
+    """Rule 5: None while a process holds the job's lock (it is live);
+    otherwise its byte as reread under a shared lock, let go at once
+    (``b"r"``: a lost job; ``b""``: the file now ends before it)."""
+    current = _lock_and_reread_job(fd, offset, exclusive=False)
+    if current is not None:
+        _release_job_locks(fd, (offset,), written=False)
+    return current
 
 
 # --------------------------------------------------------------------------
@@ -973,6 +983,11 @@ class JobFile:
         self.folded_size += sign * end
         self.line_count = self.folded_lines
         self.size = self.folded_size
+
+    def names_folded(self, notices: list[tuple[int, int]]) -> bool:
+        """True when a ``#runmaker set`` notice names a line of the folded head
+        (a notice without lines, ``(1, 0)``, does once anything is folded)."""
+        return any(first <= self.folded_lines for first, _ in notices)
 
     def unfold(self) -> int:
         """Index the folded head after all: forget the index, so that the next
@@ -1543,7 +1558,7 @@ class Scheduler:
             if self.jobfile.shrunk:
                 return  # our offsets point past its end now: claim nothing (see _why_idle)
             notices = self.jobfile.take_set_notices()  # every indexed byte is read here
-            if any(line <= self.jobfile.folded_lines for line, _ in notices):
+            if self.jobfile.names_folded(notices):
                 self._unfold()  # but not the folded head's: a notice names a line there
                 self.rescan()
                 return
@@ -1771,7 +1786,7 @@ class Scheduler:
         notices = self.jobfile.take_set_notices()
         if not notices or self.jobfile.shrunk:
             return
-        if (1, 0) in notices or any(line <= self.jobfile.folded_lines for line, _ in notices):
+        if (1, 0) in notices or self.jobfile.names_folded(notices):
             # A notice without lines (anything may have changed), or one
             # that names a line of the folded head: reread every byte.
             self._unfold()
@@ -4104,14 +4119,10 @@ def _jobs_still_running(jobfile: JobFile, live: list[int], report: KillReport) -
     fd, offsets = jobfile.fd, jobfile.offsets
     left = []
     for index in live:
-        offset = offsets[index]
-        if not _lock_byte(fd, offset, exclusive=False, wait=False):
+        current = _probe_job(fd, offsets[index])
+        if current is None:
             left.append(index)  # its worker still holds it
             continue
-        try:
-            current = os.pread(fd, 1, offset)  # after a lock: fresh on NFS
-        finally:
-            _unlock_byte(fd, offset)
         line = jobfile.lines[index]
         if current == b"!":
             report.killed.append(line)
@@ -4542,11 +4553,9 @@ def _probe_running_jobs(jobfile: JobFile, states: bytearray, chosen: Sequence[in
         running = [i for i in running if i in members]
     lost = set()
     for index in running:
-        offset = offsets[index]
-        current = _lock_and_reread_job(fd, offset, exclusive=False)
+        current = _probe_job(fd, offsets[index])
         if current is None:
             continue  # held: the job is live
-        _release_job_locks(fd, (offset,), written=False)
         if current == b"r":
             lost.add(index)
         elif current:
@@ -4604,23 +4613,19 @@ def _plain_and_live(jobfile: JobFile, data: bytes) -> bool:
     running: set[int] = set()
     # The first line, which follows no newline; every line after a newline;
     # the last line without its newline, given one.
-    looks = [(b"\n" + data[:3], -1), (data[:tail], 0)]
+    first = b"\n" + data[:3]
+    looks = [(first, len(first), -1), (data, tail, 0)]
     if tail < len(data):
-        looks.append((b"\n" + data[tail:] + b"\n", tail - 1))
-    for text, base in looks:
+        last = b"\n" + data[tail:] + b"\n"
+        looks.append((last, len(last), tail - 1))
+    for text, end, base in looks:
         pos = 0
-        while (found := _NOT_PLAIN_OR_RUNNING.search(text, pos)) is not None:
+        while (found := _NOT_PLAIN_OR_RUNNING.search(text, pos, end)) is not None:
             if found.end() - found.start() > 2 or text[found.start() + 1] != ord("r"):
                 return False
             running.add(base + found.end() - 1)
             pos = found.end()
-    for offset in sorted(running):
-        current = _lock_and_reread_job(jobfile.fd, offset, exclusive=False)
-        if current is None:
-            continue  # held: the job is live
-        _release_job_locks(jobfile.fd, (offset,), written=False)
-        return False
-    return True
+    return all(_probe_job(jobfile.fd, offset) is None for offset in sorted(running))
 
 
 def _line_numbers(first: int, count: int, before: str) -> list[str]:
@@ -4721,12 +4726,9 @@ def _count_states(jobfile: JobFile) -> tuple[collections.Counter[int], int]:
         pos += cut
     lost = 0
     for offset in running:
-        if not _lock_byte(fd, offset, exclusive=False, wait=False):
+        current = _probe_job(fd, offset)
+        if current is None:
             continue  # held: the job is live
-        try:
-            current = os.pread(fd, 1, offset)
-        finally:
-            _unlock_byte(fd, offset)
         if current == b"r":
             lost += 1
         elif current:
@@ -4846,16 +4848,7 @@ def _running_without_lock(jobfile: JobFile, running: list[int]) -> list[int]:
     lock.  The byte is reread under it: a job that another worker finished
     since it was read is ``d`` and unlocked, and no trace of runmaker4.
     """
-    unlocked = []
-    for index in running:
-        offset = jobfile.offsets[index]
-        current = _lock_and_reread_job(jobfile.fd, offset, exclusive=False)
-        if current is None:
-            continue  # held: a live job
-        _release_job_locks(jobfile.fd, (offset,), written=False)
-        if current == b"r":
-            unlocked.append(index)
-    return unlocked
+    return [index for index in running if _probe_job(jobfile.fd, jobfile.offsets[index]) == b"r"]
 
 
 def _save_job_lock_counts() -> None:

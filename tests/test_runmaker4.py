@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Procs, hold_shared_lock, run
+from runmaker import JobFile, _running_without_lock
 
 _WHY = ("runmaker4's running jobs hold no lock, so runmaker would take them for lost and run them "
         "a second time; stop runmaker4 first (never run both on one file)")
@@ -104,8 +105,6 @@ def test_a_running_job_that_ended_since_the_first_read_is_no_trace_of_runmaker4(
     """Under a whole-file lock, a job read as 'r' that another worker has
     finished meanwhile (its byte 'd', its lock gone) is not taken for one
     of runmaker4's: the byte is reread under the probe."""
-    from runmaker import JobFile, _running_without_lock
-
     path = tmp_path / "runs.txt"
     path.write_bytes(b"d echo a\nr echo ended\nr echo lost\n")
     _hold_whole_file_lock(procs, path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import command, gated_job, hold_shared_lock, holds_for, run, states, wait_for, write_file
-from runmaker import APPEND_BYTE, JobFile, Scheduler, check_job_file
+from runmaker import APPEND_BYTE, JobFile, Scheduler, _plain_and_live, _read_whole, check_job_file
 
 
 def finished_file(path: Path, count: int, *, middle: str, tail: list[str] = ()) -> int:
@@ -286,8 +286,6 @@ def test_a_listing_without_an_index_is_the_indexs_listing(tmp_path, seed):
     goes that way), and files with any other line still go the index's way.
     Seed 0 is larger than a read piece (256 KiB); every fourth seed's
     commands need no JSON escapes, and each of _ONE_ESCAPE's but one."""
-    from runmaker import _plain_and_live, _read_whole
-
     rng = random.Random(str(seed))
     count = 30_000 if seed == 0 else rng.randrange(1, 40)
     commands = _JSON_AS_IS if seed in _ONE_ESCAPE or seed % 4 == 3 else _PLAIN_COMMANDS
@@ -319,8 +317,6 @@ def test_a_listing_without_an_index_is_the_indexs_listing(tmp_path, seed):
 def test_a_listing_without_an_index_probes_running_jobs(tmp_path, procs):
     """A live `r` job keeps the index-free listing; a lost one is listed by
     the index's way, with [lost]."""
-    from runmaker import _plain_and_live, _read_whole
-
     path = tmp_path / "runs.txt"
     write_file(path, ["d true", ". " + gated_job("held"), ". true"])
     worker = procs.start("runmaker", "-q", "-j1", "runs.txt", cwd=tmp_path)
