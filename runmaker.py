@@ -4474,13 +4474,11 @@ def _read_selection(
     Returns the data, every job's state byte, and the selected job indexes
     in file order (a range when that is every job).  Without ``commands``
     the data is empty: the file is indexed a piece at a time instead.
-    ``data``: the whole file as _read_whole just read it, to index instead.
+    ``data``: the whole file if the caller just read it (_read_whole).
     """
     if commands:
-        if data is None:
-            data, _, _ = jobfile.read(whole=True)
-        else:
-            jobfile.index_whole(data)
+        data = _read_whole(jobfile) if data is None else data
+        jobfile.index_whole(data)
         states = bytearray(jobfile.states_of(data))
     else:
         data, states = b"", bytearray(jobfile.read_new_states()[1])
@@ -4603,9 +4601,9 @@ def _plain_and_live(jobfile: JobFile, data: bytes) -> bool:
     A plain job line: a state of ``.+rd-``, one space, a command that does
     not start blank (trailing blanks are cut as usual).  Such a file has no
     directive, comment, child, mistaken line or failure, so nothing in it
-    is blocked, and job N is line N.  Each ``r`` job is probed as
-    _probe_running_jobs does; one lost, or ended since the read, sends the
-    file the index's way, which says so.
+    is blocked, and job N is line N.  Each ``r`` job is probed
+    (_probe_job); one lost, or ended since the read, sends the file the
+    index's way, which says so.
     """
     if not data:
         return False
